@@ -1,0 +1,70 @@
+# Faultline: the two commands are `make run` and `make test`; everything else is a step of them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_STAMP := services/common/pb/.generated
+PROTOS := $(shell find protos -name '*.proto')
+KAFKA := $(PY) deploy/kafka/broker.py
+BENCH ?=
+
+.PHONY: help setup protos kafka-up kafka-down topics run test test-unit test-integration lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: Faultline needs Python 3.11"; exit 1; }
+	@command -v java >/dev/null && command -v mvn >/dev/null || { echo "java 17+ and mvn are needed for the local Kafka broker"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(PROTO_STAMP): $(STAMP) $(PROTOS) services/common/codegen.py
+	$(PY) -m services.common.codegen
+	touch $@
+
+setup: $(STAMP) $(PROTO_STAMP)  ## create .venv, install everything, generate protobuf code
+	@$(KAFKA) fetch >/dev/null
+
+protos: $(PROTO_STAMP)  ## regenerate Python code from protos/
+
+kafka-up: setup  ## start the local Kafka broker (KRaft, 127.0.0.1:9092)
+	@$(KAFKA) status >/dev/null 2>&1 || $(KAFKA) start
+
+kafka-down:  ## stop the local Kafka broker
+	@$(KAFKA) stop
+
+topics: kafka-up  ## create the platform's topics and their DLQs
+	@$(VENV)/bin/faultline topics
+
+run: topics  ## set up, start Kafka and the services, play a fault scenario, show the result
+	@$(VENV)/bin/faultline demo
+
+test: setup  ## unit and integration tests (starts a private Kafka broker)
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q tests/integration
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup  ## benchmarks with same-run baselines (BENCH=name to pick one)
+	$(VENV)/bin/faultline bench $(BENCH)
+
+clean:  ## remove the venv, generated code and local run state
+	-$(KAFKA) stop 2>/dev/null
+	rm -rf $(VENV) services/common/pb .run bench-results

@@ -1,0 +1,44 @@
+"""Benchmarks run by ``make bench``: each prints its figures and writes them under bench-results/.
+
+Every benchmark measures its baseline in the same run and reports a ratio, because these
+machines are shared and noisy; absolute numbers are for orientation only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench-results"
+
+# name -> module with ``run() -> dict``; modules import heavy dependencies only when run.
+BENCHMARKS: dict[str, str] = {
+    "bus": "loadtests.bench.bus",
+}
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main(names: list[str] | None = None) -> int:
+    chosen = names or list(BENCHMARKS)
+    unknown = [n for n in chosen if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; available: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    RESULTS.mkdir(exist_ok=True)
+    for name in chosen:
+        print(f"== bench {name} ({machine()})", flush=True)
+        started = time.time()
+        result = importlib.import_module(BENCHMARKS[name]).run()
+        result |= {"machine": machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+        print(f"== bench {name} done in {time.time() - started:.0f}s -> {RESULTS / (name + '.json')}", flush=True)
+    return 0
