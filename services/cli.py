@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="show the platform working on the local broker (make run)")
     demo.set_defaults(func=_demo)
 
+    from loadtests.simulator.cli import add_parser as add_simulate
+
+    add_simulate(sub)
+
     bench = sub.add_parser("bench", help="run benchmarks (all, or the ones named)")
     bench.add_argument("names", nargs="*")
     bench.set_defaults(func=_bench)

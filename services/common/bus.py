@@ -110,11 +110,13 @@ class Publisher:
         headers: Sequence[tuple[str, bytes]] = (),
         *,
         key: bytes | str | None = None,
+        timestamp_ms: int | None = None,
         wait: bool = False,
     ) -> None:
+        """A raw record (telemetry, dead letters); ``timestamp_ms`` defaults to now."""
         if isinstance(key, str):
             key = key.encode()
-        future = self._producer.send(topic, value=value, key=key, headers=list(headers))
+        future = self._producer.send(topic, value=value, key=key, headers=list(headers), timestamp_ms=timestamp_ms)
         PUBLISHED.labels(topic).inc()
         if wait:
             future.get(timeout=30)

@@ -1,0 +1,65 @@
+"""A scenario played into Kafka as the OpenTelemetry Collector would write it, at a chosen pace.
+
+Each chunk of scenario time is sent once that much time has passed on the wall clock (times
+``speed``), with each Kafka record's timestamp set to the time of the telemetry it holds, so
+that a consumer's offsets-for-times seek finds a window by when it happened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loadtests.simulator.dataset import otlp_records
+from loadtests.simulator.scenario import Scenario
+from services.common.bus import Publisher
+from services.common.settings import KafkaSettings
+
+
+@dataclass
+class PublishReport:
+    records: Counter[str] = field(default_factory=Counter)
+    bytes: int = 0
+    spans: int = 0
+    scenario_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    @property
+    def spans_per_s(self) -> float:
+        return self.spans / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def publish(
+    scenario: Scenario,
+    settings: KafkaSettings,
+    speed: float = 1.0,
+    chunk_s: float = 5.0,
+    progress: Callable[[PublishReport], None] | None = None,
+) -> PublishReport:
+    """Plays the whole scenario; ``speed`` 0 sends as fast as it can be generated."""
+    publisher = Publisher(settings, source="faultline/simulator", linger_ms=20)
+    report = PublishReport()
+    began = time.monotonic()
+    try:
+        for chunk in scenario.chunks(chunk_s):
+            if speed > 0:
+                # Telemetry for [t0, t1) exists once t1 has passed, as a collector flushes it.
+                delay = began + chunk.t1 / speed - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            for topic, value, time_ms in otlp_records(scenario, chunk):
+                publisher.send(topic, value, timestamp_ms=time_ms)
+                report.records[topic] += 1
+                report.bytes += len(value)
+            report.spans += len(chunk.spans)
+            report.scenario_s = chunk.t1
+            report.elapsed_s = time.monotonic() - began
+            if progress is not None:
+                progress(report)
+        publisher.flush()
+        report.elapsed_s = time.monotonic() - began
+    finally:
+        publisher.close()
+    return report
