@@ -18,6 +18,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench-results"
 # name -> module with ``run() -> dict``; modules import heavy dependencies only when run.
 BENCHMARKS: dict[str, str] = {
     "bus": "loadtests.bench.bus",
+    "simulator": "loadtests.bench.simulator",
 }
 
 
