@@ -1,0 +1,22 @@
+"""Attention backends: one interface, one module per backend, chosen by name."""
+
+from __future__ import annotations
+
+import importlib
+
+from services.inference.attention.base import AttentionBackend
+
+# name -> "module:class"; imported on first use so that a backend's extra cost is paid only when chosen.
+BACKENDS = {
+    "dense": "services.inference.attention.dense:DenseBackend",
+}
+
+
+def create_backend(name: str, **options: object) -> AttentionBackend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(sorted(BACKENDS))}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(**options)
+
+
+__all__ = ["BACKENDS", "AttentionBackend", "create_backend"]

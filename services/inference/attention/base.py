@@ -1,0 +1,45 @@
+"""The attention backend interface the model calls for every layer of a serving step."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from services.inference.kv_cache import LayerCache
+
+
+class AttentionBackend(ABC):
+    name: str
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Append k, v to ``cache`` and attend: q (heads, tokens, dim), k/v (kv_heads, tokens, dim).
+
+        One new token is a decode step; several are a prefill (chunk), whose tokens see the
+        cache before them and each other causally.
+        """
+        if q.shape[1] == 1:
+            return self.decode(layer, q, k, v, cache)
+        return self.prefill(layer, q, k, v, cache)
+
+    @abstractmethod
+    def prefill(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache
+    ) -> torch.Tensor: ...
+
+    @abstractmethod
+    def decode(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache
+    ) -> torch.Tensor: ...
+
+
+def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """SDPA of the last ``q.shape[1]`` positions over all ``keys`` (GQA by head groups)."""
+    new, total = q.shape[1], keys.shape[1]
+    mask = None
+    if new > 1:
+        # Query i (at position total-new+i) sees keys up to and including its own position.
+        mask = torch.ones(new, total, dtype=torch.bool, device=q.device).tril(total - new)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, enable_gqa=q.shape[0] != keys.shape[0]
+    ).squeeze(0)
