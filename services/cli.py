@@ -7,7 +7,9 @@ import importlib
 import sys
 
 # Each service's entry point, imported only when chosen (a service never imports another).
-SERVICES: dict[str, str] = {}
+SERVICES: dict[str, str] = {
+    "inference": "services.inference.main:main",
+}
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -38,7 +38,7 @@ class _PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
 
 
 class ServiceRuntime:
-    def __init__(self, name: str, settings: ServiceSettings, heartbeat_s: float = 10.0) -> None:
+    def __init__(self, name: str, settings: ServiceSettings) -> None:
         self.name = name
         self.settings = settings
         self.stop_event = threading.Event()
@@ -50,7 +50,8 @@ class ServiceRuntime:
         ]
         self._consumers: list[tuple[str, list[Route], IdempotencyStore]] = []
         self._threads: list[threading.Thread] = []
-        self._heartbeat_s = heartbeat_s
+        self._heartbeat_s = settings.heartbeat_s
+        self._lifecycle: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self._started_at = Timestamp()
         self._publisher: Publisher | None = None
         self.grpc: GrpcServer | None = None
@@ -65,6 +66,10 @@ class ServiceRuntime:
             SqliteIdempotencyStore(idempotency_path) if idempotency_path else MemoryIdempotencyStore()
         )
         self._consumers.append((group_id, list(routes), store))
+
+    def add_lifecycle(self, start: Callable[[], None], stop: Callable[[], None]) -> None:
+        """Something of the service's own (an engine, an HTTP server): started after gRPC, stopped before it."""
+        self._lifecycle.append((start, stop))
 
     @property
     def publisher(self) -> Publisher:
@@ -93,6 +98,8 @@ class ServiceRuntime:
             start_http_server(self.settings.metrics_port, addr=self.settings.grpc.host)
         self.grpc = GrpcServer(self.settings.grpc, self._grpc_services)
         port = self.grpc.start()
+        for start, _stop in self._lifecycle:
+            start()
         for group_id, routes, store in self._consumers:
             consumer = EventConsumer(self.settings.kafka, group_id, routes, self.publisher, store)
             self._spawn(f"consumer-{group_id}", self._consume, consumer)
@@ -107,6 +114,8 @@ class ServiceRuntime:
             self.grpc.set_serving(False)
         for thread in self._threads:
             thread.join(timeout=self.settings.grpc.shutdown_grace_s + 30)
+        for _start, stop in reversed(self._lifecycle):
+            stop()
         if self.grpc is not None:
             self.grpc.stop()
         if self._publisher is not None:

@@ -93,6 +93,7 @@ class ServiceSettings(BaseSettings):
     instance: str = Field(default_factory=lambda: __import__("socket").gethostname())
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = Field(9464, ge=0, le=65535)  # 0 disables the Prometheus endpoint
+    heartbeat_s: float = Field(10.0, ge=0)  # 0 disables heartbeats on faultline.heartbeats.v1
     kafka: KafkaSettings = KafkaSettings()
     grpc: GrpcSettings = GrpcSettings()
 

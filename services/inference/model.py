@@ -24,11 +24,12 @@ from services.inference.rope import RotaryEmbedding, apply_rotary
 
 @dataclass(frozen=True)
 class Segment:
-    """A run of consecutive packed tokens that belong to one sequence."""
+    """A run of consecutive packed tokens that belong to one sequence, and how it attends."""
 
     cache: SequenceCache
     start: int
     length: int
+    backend: AttentionBackend
 
 
 class RMSNorm(nn.Module):
@@ -78,7 +79,6 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         segments: Sequence[Segment],
-        backend: AttentionBackend,
     ) -> torch.Tensor:
         """Packed tokens x (tokens, hidden); each segment appends to and attends over its own cache."""
         q, k, v = self._qkv(x, cos, sin)
@@ -86,7 +86,7 @@ class Attention(nn.Module):
         for seg in segments:
             span = slice(seg.start, seg.start + seg.length)
             cache = seg.cache.layers[self.layer]
-            out[span] = backend.attend(
+            out[span] = seg.backend.attend(
                 self.layer, q[span].transpose(0, 1), k[span].transpose(0, 1), v[span].transpose(0, 1), cache
             ).transpose(0, 1)
         return self.o_proj(out.flatten(-2))
@@ -143,13 +143,13 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def forward_packed(
-        self, tokens: torch.Tensor, positions: torch.Tensor, segments: Sequence[Segment], backend: AttentionBackend
+        self, tokens: torch.Tensor, positions: torch.Tensor, segments: Sequence[Segment]
     ) -> torch.Tensor:
         """One serving step: logits of each segment's last token, shape (segments, vocab)."""
         cos, sin = self.rotary(positions)
         h = self.model.embed_tokens(tokens)
         for layer in self.model.layers:
-            h = h + layer.self_attn.forward_packed(layer.input_layernorm(h), cos, sin, segments, backend)
+            h = h + layer.self_attn.forward_packed(layer.input_layernorm(h), cos, sin, segments)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         last = torch.tensor([s.start + s.length - 1 for s in segments], device=tokens.device)
         return self.lm_head(self.model.norm(h[last]))

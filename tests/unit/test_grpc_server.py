@@ -14,9 +14,12 @@ from services.common.settings import GrpcSettings, ServiceSettings
 
 def _runtime(token: str | None = None) -> ServiceRuntime:
     settings = ServiceSettings(
-        instance="test-0", metrics_port=0, grpc=GrpcSettings(port=0, auth_token=token, shutdown_grace_s=0.5)
+        instance="test-0",
+        metrics_port=0,
+        heartbeat_s=0,
+        grpc=GrpcSettings(port=0, auth_token=token, shutdown_grace_s=0.5),
     )
-    return ServiceRuntime("probe", settings, heartbeat_s=0)
+    return ServiceRuntime("probe", settings)
 
 
 @pytest.fixture

@@ -1,0 +1,95 @@
+"""``faultline serve inference --model DIR``: the engine behind KServe v2 gRPC and OpenAI-compatible HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+from typing import Literal
+
+import uvicorn
+from pydantic import Field
+
+from services.common.runtime import ServiceRuntime
+from services.common.settings import GrpcSettings, ServiceSettings, load_settings
+from services.inference.engine import Engine, EngineSettings
+from services.inference.kserve import KServeServicer, kserve_service
+from services.inference.openai_http import create_app
+from services.inference.tokenizer import Tokenizer
+from services.inference.weights import load_model
+
+
+class InferenceSettings(ServiceSettings):
+    model_path: Path | None = None
+    model_name: str | None = None  # defaults to the checkpoint directory's name
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # defaults to the checkpoint's
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc: GrpcSettings = GrpcSettings(port=8001)  # Triton's ports: 8000 HTTP, 8001 gRPC
+    max_batch_size: int = Field(8, ge=1)
+    max_context: int = Field(65_536, ge=16)
+    prefill_chunk: int = Field(2048, ge=1)
+    attention_backend: str = "dense"
+    default_max_tokens: int = Field(256, ge=1)
+
+
+class HttpServer:
+    def __init__(self, app, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+
+
+def build(settings: InferenceSettings) -> tuple[ServiceRuntime, Engine]:
+    if settings.model_path is None:
+        raise SystemExit("no model: pass --model DIR or set FAULTLINE_MODEL_PATH")
+    model = load_model(settings.model_path, dtype=settings.dtype)
+    tokenizer = Tokenizer(settings.model_path)
+    name = settings.model_name or settings.model_path.resolve().name
+    engine = Engine(
+        model,
+        tokenizer,
+        EngineSettings(
+            max_batch_size=settings.max_batch_size,
+            max_context=min(settings.max_context, model.config.max_position_embeddings),
+            prefill_chunk=settings.prefill_chunk,
+            attention={"backend": settings.attention_backend},
+        ),
+    )
+    runtime = ServiceRuntime("inference", settings)
+    runtime.add_grpc_service(kserve_service(KServeServicer(engine, name)))
+    runtime.add_lifecycle(engine.start, engine.stop)
+    http = HttpServer(create_app(engine, name, settings.default_max_tokens), settings.http_host, settings.http_port)
+    runtime.add_lifecycle(http.start, http.stop)
+    return runtime, engine
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="faultline serve inference")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+    parser.add_argument("--name", help="model name clients use (default: the directory name)")
+    parser.add_argument("--grpc-port", type=int)
+    parser.add_argument("--http-port", type=int)
+    parser.add_argument("--attention", help="default attention backend (dense, ...)")
+    args = parser.parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.model:
+        overrides["model_path"] = args.model
+    if args.name:
+        overrides["model_name"] = args.name
+    if args.http_port is not None:
+        overrides["http_port"] = args.http_port
+    if args.attention:
+        overrides["attention_backend"] = args.attention
+    settings = load_settings(InferenceSettings, **overrides)
+    if args.grpc_port is not None:
+        settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"port": args.grpc_port})})
+    runtime, _engine = build(settings)
+    runtime.run()
+    return 0

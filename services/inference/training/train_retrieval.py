@@ -1,0 +1,319 @@
+"""Train the small Llama "retrieval model" on the key–value retrieval task, on CPU.
+
+    python -m services.inference.training.train_retrieval --output-dir services/inference/checkpoints/retrieval-lm
+
+Progress goes to stderr; the output directory gets a Hugging Face Llama checkpoint (config.json,
+model.safetensors, tokenizer.json, tokenizer_config.json), training_log.jsonl, training_curve.png and
+training_state.pt (optimizer and step, for ``--resume-from``; not needed for serving).
+
+Retrieval needs an induction circuit: a layer-0 head that copies each token's predecessor (so a value knows
+its key) and a later head that matches the query key against those copies. Left to gradient descent on this
+machine the first head does not appear in any affordable time (the model sits on the "emit some value seen in
+the context" plateau), so it is built at initialisation, within the standard Llama parameters: every token
+embedding gets a shared direction, and one layer-0 head's query/key weights read only that direction with
+the query rotated one RoPE step back, so its scores peak at the previous token; its value/output weights copy
+the token identity. Training then starts from there and may change everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from services.inference.config import ModelConfig
+from services.inference.model import Transformer
+from services.inference.rope import apply_rotary
+from services.inference.training.retrieval_task import (
+    IGNORE,
+    VOCAB,
+    TrainingBatch,
+    TrainingShape,
+    build_tokenizer,
+    evaluate,
+    training_batch,
+)
+from services.inference.weights import load_model, save_model
+
+STATE_FILE = "training_state.pt"
+LOG_FILE = "training_log.jsonl"
+CURVE_FILE = "training_curve.png"
+
+
+@dataclass(frozen=True)
+class Stage:
+    until: float  # share of the run (by step) this stage lasts up to
+    shape: TrainingShape
+
+
+# Short contiguous sequences first (the circuit forms there), then longer ones with positions spread over
+# up to 16K so the content match stops depending on distance, then real long contexts with sparse pairs
+# (as in the evaluation prompts) so attention learns to stay sharp against thousands of distractors.
+CURRICULUM = (
+    Stage(0.10, TrainingShape(128, pair_fraction=0.5, repeat_fraction=0.5)),
+    Stage(0.35, TrainingShape(256, pair_fraction=0.5, repeat_fraction=0.5, max_span=16384)),
+    Stage(0.65, TrainingShape(512, pair_fraction=0.4, repeat_fraction=0.5, max_span=16384)),
+    Stage(0.90, TrainingShape(1024, pair_fraction=0.3, repeat_fraction=0.4, max_span=16384)),
+    Stage(1.00, TrainingShape(2048, pair_fraction=0.25, repeat_fraction=0.3, max_span=16384)),
+)
+
+
+def stage_shape(step: int, steps: int) -> TrainingShape:
+    progress = step / steps
+    return next((s.shape for s in CURRICULUM if progress < s.until), CURRICULUM[-1].shape)
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(
+        model_type="llama",
+        vocab_size=VOCAB.size,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        head_dim=args.head_dim,
+        max_position_embeddings=16384,
+        rope_theta=args.rope_theta,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=(2,),
+    )
+
+
+def init_previous_token_head(model: Transformer, generator: torch.Generator, head: int = 0) -> None:
+    """Make layer 0's ``head`` attend to the previous token and copy its identity (see the module docstring).
+
+    The scores come from a shared embedding direction u: k = κ for every token and q = R(-1)κ, so the score
+    between positions m and n is Σᵢ κᵢ² cos(ωᵢ(n - m + 1)), peaked at n = m - 1. Half the weight goes on the
+    fastest RoPE frequency (to beat the token itself) and the rest on the next ones (so no distance up to 16K
+    lines the phases up again); the least margin this leaves is 0.2 of the peak.
+    """
+    config = model.config
+    d, hd = config.hidden_size, config.head_dim
+    embed = model.model.embed_tokens.weight
+    u = F.normalize(torch.randn(d, generator=generator), dim=0)
+    with torch.no_grad():
+        embed -= torch.outer(embed @ u, u)
+        embed += u  # the shared direction, as large as a token's own part
+        reach = float((model.model.layers[0].input_layernorm(embed) @ u).mean())  # u's coordinate after RMSNorm
+
+    pairs = hd // 2
+    weight = torch.zeros(pairs)
+    weight[0] = 0.5
+    weight[1 : pairs // 2] = 0.5 / (pairs // 2 - 1)
+    margin = 16.0  # logits between the previous token and any other, enough for 16K distractors
+    amplitude = margin * math.sqrt(hd) / 0.2
+    kappa = torch.cat([(amplitude * weight).sqrt(), torch.zeros(pairs)])
+    cos, sin = model.rotary(torch.tensor([-1]))
+    query = apply_rotary(kappa.view(1, 1, hd), cos, sin).view(hd)
+
+    attention = model.model.layers[0].self_attn
+    rows = slice(head * hd, (head + 1) * hd)
+    off_u = torch.eye(d) - torch.outer(u, u)
+    read = torch.linalg.qr(torch.randn(d, hd, generator=generator)).Q.T  # (hd, d), orthonormal rows
+    write = torch.linalg.qr(torch.randn(d, hd, generator=generator)).Q  # (d, hd), orthonormal columns
+    with torch.no_grad():
+        attention.q_proj.weight[rows] = torch.outer(query, u) / reach
+        attention.k_proj.weight[rows] = torch.outer(kappa, u) / reach
+        attention.v_proj.weight[rows] = read @ off_u
+        attention.o_proj.weight[:, rows] = off_u @ write / reach  # writes the copy at about a token's size
+
+
+def build_model(config: ModelConfig, seed: int, previous_token_head: bool) -> Transformer:
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0.0, config.hidden_size**-0.5, generator=generator)
+        for layer in model.model.layers:
+            # Residual branches start silent: the model begins as embeddings in, embeddings out.
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    if previous_token_head:
+        init_previous_token_head(model, generator)
+    return model
+
+
+def supervised_logits(model: Transformer, batch: TrainingBatch) -> torch.Tensor:
+    """Logits at the supervised positions only (Transformer.forward's body, minus projecting every position onto
+    the vocabulary, which costs more than the rest of this small model)."""
+    cos, sin = model.rotary(batch.positions)
+    h = model.model.embed_tokens(batch.tokens)
+    for layer in model.model.layers:
+        h = h + layer.self_attn(layer.input_layernorm(h), cos, sin)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return model.lm_head(model.model.norm(h[batch.targets != IGNORE]))
+
+
+def plot_curve(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval" in r]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
+    loss_ax.set(xlabel="step", ylabel="loss (supervised values)", yscale="log", title="training loss")
+    acc_ax.plot([r["step"] for r in train], [r["train_accuracy"] for r in train], lw=0.6, alpha=0.5, label="train")
+    for length in sorted({int(k) for r in evals for k in r["eval"]}):
+        points = [(r["step"], r["eval"][str(length)]) for r in evals if str(length) in r["eval"]]
+        acc_ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=f"eval {length} tokens")
+    acc_ax.set(xlabel="step", ylabel="accuracy", ylim=(0, 1.02), title="retrieval accuracy (dense attention)")
+    acc_ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_checkpoint(
+    model: Transformer, optimizer: torch.optim.Optimizer, out: Path, step: int, elapsed: float, args: dict
+) -> None:
+    save_model(model, out)
+    build_tokenizer(out)
+    state = {"optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed, "args": args}
+    torch.save(state, out / f"{STATE_FILE}.tmp")
+    (out / f"{STATE_FILE}.tmp").replace(out / STATE_FILE)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", type=Path, default=Path("services/inference/checkpoints/retrieval-lm"))
+    parser.add_argument("--resume-from", type=Path, help="a directory this script wrote; its run continues")
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves the other cores free)")
+    parser.add_argument("--batch-tokens", type=int, default=8192, help="tokens per step; batch = this // length")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--eval-every", type=int, default=250, help="also saves the checkpoint")
+    parser.add_argument("--eval-lengths", type=int, nargs="+", default=[512, 4096])
+    parser.add_argument("--eval-prompts", type=int, default=20)
+    parser.add_argument("--final-lengths", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--final-prompts", type=int, default=100)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--intermediate", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--rope-theta", type=float, default=500_000.0)
+    parser.add_argument("--previous-token-head", action=argparse.BooleanOptionalAction, default=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out: Path = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    if args.resume_from:
+        model = load_model(args.resume_from).train()
+        state = torch.load(args.resume_from / STATE_FILE, weights_only=False)
+        start, elapsed = state["step"], state["elapsed_s"]
+        log_path = args.resume_from / LOG_FILE
+        if log_path.is_file():  # drop what was logged after the checkpoint, it is about to be redone
+            records = [r for r in map(json.loads, log_path.read_text().splitlines()) if r["step"] <= start]
+    else:
+        model = build_model(model_config(args), args.seed, args.previous_token_head)
+        start, elapsed = 0, 0.0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    if args.resume_from:
+        optimizer.load_state_dict(state["optimizer"])
+    params = sum(p.numel() for p in model.parameters())
+    log(f"{params:,} parameters; {json.dumps(model.config.to_dict())}")
+    (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+    def record(entry: dict) -> None:
+        records.append(entry)
+        with (out / LOG_FILE).open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    tokens_seen = next((r["tokens"] for r in reversed(records) if "tokens" in r), 0)
+    window_loss, window_hits, window_targets, window_tokens, window_start = 0.0, 0, 0, 0, time.perf_counter()
+    for step in range(start, args.steps):
+        shape = stage_shape(step, args.steps)
+        batch = training_batch(np.random.default_rng([args.seed, step]), shape, max(1, args.batch_tokens // shape.length))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        logits = supervised_logits(model, batch)
+        targets = batch.targets[batch.targets != IGNORE]
+        loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+        window_loss += float(loss) * len(targets)
+        window_hits += int((logits.argmax(-1) == targets).sum())
+        window_targets += len(targets)
+        window_tokens += batch.tokens.numel()
+        tokens_seen += batch.tokens.numel()
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            now = time.perf_counter()
+            elapsed += now - window_start
+            entry = {
+                "step": done,
+                "loss": window_loss / window_targets,
+                "train_accuracy": window_hits / window_targets,
+                "lr": optimizer.param_groups[0]["lr"],
+                "length": shape.length,
+                "tokens": tokens_seen,
+                "tokens_per_s": window_tokens / (now - window_start),
+                "elapsed_s": elapsed,
+            }
+            record(entry)
+            log(
+                f"step {done:6d}  len {shape.length:5d}  loss {entry['loss']:.4f}  acc {entry['train_accuracy']:.3f}"
+                f"  lr {entry['lr']:.2e}  {entry['tokens_per_s']:,.0f} tok/s  {elapsed / 60:.1f} min"
+            )
+            window_loss, window_hits, window_targets, window_tokens, window_start = 0.0, 0, 0, 0, time.perf_counter()
+        if done % args.eval_every == 0 or done == args.steps:
+            accuracy = evaluate(model, args.eval_lengths, args.eval_prompts, seed=args.seed + 1)
+            record({"step": done, "eval": {str(k): v for k, v in accuracy.items()}, "prompts": args.eval_prompts})
+            log(f"step {done:6d}  eval " + "  ".join(f"{k}: {v:.2f}" for k, v in accuracy.items()))
+            save_checkpoint(model, optimizer, out, done, elapsed, run_args)
+            plot_curve(records, out / CURVE_FILE)
+            window_start = time.perf_counter()  # evaluation time is not training throughput
+    if args.final_prompts:
+        accuracy = evaluate(model, args.final_lengths, args.final_prompts, seed=args.seed + 2)
+        record(
+            {"step": args.steps, "final": True, "eval": {str(k): v for k, v in accuracy.items()}, **_prompts(args)}
+        )
+        log("final eval " + "  ".join(f"{k}: {v:.3f}" for k, v in accuracy.items()))
+        plot_curve(records, out / CURVE_FILE)
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> dict:
+    return {"prompts": args.final_prompts}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
