@@ -19,6 +19,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench-results"
 BENCHMARKS: dict[str, str] = {
     "bus": "loadtests.bench.bus",
     "simulator": "loadtests.bench.simulator",
+    "inference": "loadtests.bench.inference",
 }
 
 

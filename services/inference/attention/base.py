@@ -33,13 +33,36 @@ class AttentionBackend(ABC):
     ) -> torch.Tensor: ...
 
 
+def decode_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One query per head over all ``keys``: q (heads, 1, dim), keys/values (kv_heads, n, dim).
+
+    Two batched matmuls per KV head group: for a single query this beats SDPA's CPU flash
+    kernel, which is tuned for long query blocks. ``bias`` (kv_heads, n) is added to the
+    logits (a merged key standing for several tokens adds the log of their count).
+    """
+    kv_heads, dim = keys.shape[0], keys.shape[-1]
+    grouped = q.reshape(kv_heads, -1, dim)  # the query heads that share each KV head
+    logits = grouped @ keys.transpose(1, 2) * dim**-0.5
+    if bias is not None:
+        logits = logits + bias.unsqueeze(1)
+    out = torch.softmax(logits.float(), dim=-1).to(values.dtype) @ values
+    return out.reshape(q.shape)
+
+
 def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """SDPA of the last ``q.shape[1]`` positions over all ``keys`` (GQA by head groups)."""
     new, total = q.shape[1], keys.shape[1]
     mask = None
-    if new > 1:
+    if 1 < new < total:
         # Query i (at position total-new+i) sees keys up to and including its own position.
         mask = torch.ones(new, total, dtype=torch.bool, device=q.device).tril(total - new)
     return torch.nn.functional.scaled_dot_product_attention(
-        q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, enable_gqa=q.shape[0] != keys.shape[0]
+        q.unsqueeze(0),
+        keys.unsqueeze(0),
+        values.unsqueeze(0),
+        attn_mask=mask,
+        is_causal=new == total and new > 1,  # a prefill from empty: the fast causal kernel, no mask
+        enable_gqa=q.shape[0] != keys.shape[0],
     ).squeeze(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from services.inference.attention.base import AttentionBackend, causal_attention
+from services.inference.attention.base import AttentionBackend, causal_attention, decode_attention
 from services.inference.kv_cache import LayerCache
 
 
@@ -17,4 +17,4 @@ class DenseBackend(AttentionBackend):
 
     def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         cache.append(k, v)
-        return causal_attention(q, cache.keys(), cache.values())
+        return decode_attention(q, cache.keys(), cache.values())
