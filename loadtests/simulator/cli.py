@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.simulator.dataset import write_native, write_rcaeval
-from loadtests.simulator.live import PublishReport, publish
+from loadtests.simulator.agents import SYSTEMS, AgentRun, generate_runs
+from loadtests.simulator.dataset import write_agent_runs, write_native, write_rcaeval
+from loadtests.simulator.live import PublishReport, publish, publish_agent_runs
 from loadtests.simulator.scenario import DEFAULT_EPOCH_S, Scenario, ScenarioSpec
 
 _RATE = re.compile(r"^(?P<n>[\d.]+)(?P<k>k?)(spans)?(/s)?$")
@@ -33,7 +34,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="kafka: scenario seconds per wall second (0: max)")
     p.add_argument("--rate", type=parse_rate, help="kafka load: sustain this many spans/s (e.g. 20000spans/s)")
     p.add_argument("--max-spans", type=int, default=10_000_000, help="load: stop after this many spans")
+    p.add_argument("--agents", type=parse_agents, default={}, help="multi-agent runs too, e.g. code:50,rca:50")
+    p.add_argument("--agent-failure-rate", type=float, default=0.5, help="share of agent runs with a failure")
     p.set_defaults(func=run)
+
+
+def parse_agents(text: str) -> dict[str, int]:
+    """``code:50,rca:20`` -> {"code": 50, "rca": 20}."""
+    out: dict[str, int] = {}
+    for part in filter(None, text.split(",")):
+        system, _, count = part.partition(":")
+        if system not in SYSTEMS or not count.isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r} is not SYSTEM:COUNT with SYSTEM in {SYSTEMS}")
+        out[system] = int(count)
+    return out
 
 
 def _spans_per_second(spec: ScenarioSpec) -> float:
@@ -68,6 +82,23 @@ def run(args: argparse.Namespace) -> int:
         spec = ScenarioSpec(args.system, tuple(args.fault), duration, args.seed, now, rate_scale=args.rate / base)
         speed = 1.0
         print(f"load: {args.rate:,.0f} spans/s = {args.rate / base:.1f}x {spec.system}'s traffic for {duration:.0f}s")
+    runs: list[AgentRun] = [
+        run
+        for system, count in args.agents.items()
+        for run in generate_runs(system, count, args.seed, args.agent_failure_rate, start_ns=epoch * 1_000_000_000)
+    ]
+    if runs:
+        failed = sum(not r.succeeded for r in runs)
+        print(f"agent runs: {len(runs)} ({failed} with an injected failure)")
+        if to_kafka:
+            from services.common.settings import ServiceSettings, load_settings
+
+            report = publish_agent_runs(runs, load_settings(ServiceSettings).kafka, speed=speed)
+            print(f"sent {report.spans:,} agent spans in {report.records['otlp_spans']:,} step records")
+        else:
+            write_agent_runs(runs, Path(args.out) / "agents")
+    if spec.duration_s <= 0:
+        return 0
     scenario = Scenario(spec)
     truth = scenario.ground_truth()
     print(f"scenario: {spec.system}, {spec.duration_s:.0f}s, seed {spec.seed}, faults: {list(spec.faults) or 'none'}")

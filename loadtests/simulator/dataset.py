@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from loadtests.simulator.agents import AgentRun, labels, run_to_otlp_steps
 from loadtests.simulator.otlp_encode import SpanEncoder, logs_requests, metrics_requests
 from loadtests.simulator.scenario import Chunk, Scenario
 from services.common import topics
@@ -99,6 +101,30 @@ def write_native(scenario: Scenario, out: Path, chunk_s: float = 60.0) -> dict[s
             f.close()
     (out / "ground_truth.json").write_text(json.dumps(scenario.ground_truth(), indent=2))
     return counts
+
+
+def write_agent_runs(runs: list[AgentRun], out: Path) -> Path:
+    """Multi-agent runs: ``runs.jsonl`` (the steps, for training), ``labels.jsonl`` (ground truth)
+    and ``otlp_spans.pb`` (one length-prefixed OTLP request per step, in arrival order)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "runs.jsonl").open("w") as f:
+        for run in runs:
+            record = {
+                "run_id": run.run_id,
+                "system": run.system,
+                "task": run.task,
+                "steps": [asdict(step) for step in run.steps],
+            }
+            f.write(json.dumps(record) + "\n")
+    with (out / "labels.jsonl").open("w") as f:
+        for run in runs:
+            f.write(json.dumps(labels(run)) + "\n")
+    with (out / NATIVE_FILES[topics.OTLP_SPANS]).open("wb") as f:
+        for run in runs:
+            for request in run_to_otlp_steps(run):
+                value = request.SerializeToString()
+                f.write(_LENGTH.pack(len(value)) + value)
+    return out
 
 
 def read_native(directory: Path, topic: str) -> Iterator[bytes]:

@@ -12,8 +12,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from loadtests.simulator.agents import AgentRun, run_to_otlp_steps
 from loadtests.simulator.dataset import otlp_records
 from loadtests.simulator.scenario import Scenario
+from services.common import topics
 from services.common.bus import Publisher
 from services.common.settings import KafkaSettings
 
@@ -29,6 +31,38 @@ class PublishReport:
     @property
     def spans_per_s(self) -> float:
         return self.spans / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def publish_agent_runs(runs: list[AgentRun], settings: KafkaSettings, speed: float = 1.0) -> PublishReport:
+    """Each step's span arrives when the step ends (scaled by ``speed``), as a live agent framework's would."""
+    steps = sorted(
+        (
+            (step.start_ns + step.duration_ns, request)
+            for run in runs
+            for step, request in zip(run.steps, run_to_otlp_steps(run), strict=True)
+        ),
+        key=lambda item: item[0],
+    )
+    publisher = Publisher(settings, source="faultline/simulator")
+    report = PublishReport()
+    began = time.monotonic()
+    first_ns = steps[0][0] if steps else 0
+    try:
+        for end_ns, request in steps:
+            if speed > 0:
+                delay = began + (end_ns - first_ns) / 1e9 / speed - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            value = request.SerializeToString()
+            publisher.send(topics.OTLP_SPANS, value, timestamp_ms=end_ns // 1_000_000)
+            report.records[topics.OTLP_SPANS] += 1
+            report.bytes += len(value)
+            report.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        publisher.flush()
+        report.elapsed_s = time.monotonic() - began
+    finally:
+        publisher.close()
+    return report
 
 
 def publish(

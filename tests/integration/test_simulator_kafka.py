@@ -48,3 +48,22 @@ def test_scenario_into_kafka_decodes_and_is_findable_by_time(kafka: KafkaSetting
         if found[tp] is not None
     )
     assert after == 30  # steps 30..59
+
+
+def test_agent_steps_arrive_one_record_per_step(kafka: KafkaSettings) -> None:
+    from loadtests.simulator.agents import generate_runs
+    from loadtests.simulator.live import publish_agent_runs
+
+    ensure_topics(kafka, CATALOGUE)
+    start = time.time_ns() - 3_600 * 1_000_000_000
+    runs = generate_runs("code", 3, seed=11, start_ns=start)
+    report = publish_agent_runs(runs, kafka, speed=0)
+    assert report.records[topics.OTLP_SPANS] == sum(len(r.steps) for r in runs)
+    trace_ids = {r.trace_id for r in runs}
+    records = _drain(kafka, topics.OTLP_SPANS)
+    spans = [s for r in records for s in otlp.iter_spans(otlp.decode_spans(r.value)) if s.item.trace_id in trace_ids]
+    assert len(spans) == sum(len(r.steps) + 1 for r in runs)  # every step, plus each run's root span
+    assert {otlp.attributes(s.item.attributes).get("gen_ai.operation.name") for s in spans} >= {
+        "invoke_agent",
+        "execute_tool",
+    }

@@ -79,10 +79,11 @@ def test_prefill_then_decode_through_the_cache_matches_a_full_forward(tmp_path: 
     # Two sequences in one packed step: a 40-token prefill and a 20-token one.
     packed = torch.cat([tokens[0, :40], tokens[0, :20]])
     positions = torch.cat([torch.arange(40), torch.arange(20)])
-    logits = ours.forward_packed(packed, positions, [Segment(caches[0], 0, 40), Segment(caches[1], 40, 20)], backend)
+    segments = [Segment(caches[0], 0, 40, backend), Segment(caches[1], 40, 20, backend)]
+    logits = ours.forward_packed(packed, positions, segments)
     assert torch.allclose(logits[0], expected[39], atol=1e-4) and torch.allclose(logits[1], expected[19], atol=1e-4)
     for i in range(40, 64):  # decode the first sequence token by token
-        step = ours.forward_packed(tokens[0, i : i + 1], torch.tensor([i]), [Segment(caches[0], 0, 1)], backend)
+        step = ours.forward_packed(tokens[0, i : i + 1], torch.tensor([i]), [Segment(caches[0], 0, 1, backend)])
         assert torch.allclose(step[0], expected[i], atol=1e-4)
     assert caches[0].length == 64 and caches[1].length == 20
     assert caches[0].nbytes() == 64 * 2 * 2 * config.num_key_value_heads * config.head_dim * 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,19 @@ def test_train_ticket_is_a_large_valid_system() -> None:
     assert per_trace.mean() > 15  # deep call trees, unlike Online Boutique
     assert len({op.split("/", 1)[0] for op in np.array(chunk.spans.operations)[np.unique(chunk.spans.op)]}) >= 40
     assert (chunk.logs.level == "WARN").sum() < 0.02 * len(chunk.spans)  # "slow" means slow, not deep
+
+
+def test_agent_runs_dataset_has_steps_labels_and_otlp(tmp_path: Path) -> None:
+    from loadtests.simulator.agents import generate_runs
+    from loadtests.simulator.dataset import write_agent_runs
+
+    runs = generate_runs("rca", 6, seed=4, failure_rate=0.5)
+    out = write_agent_runs(runs, tmp_path / "agents")
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    truth = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    assert [r["run_id"] for r in records] == [t["run_id"] for t in truth] == [r.run_id for r in runs]
+    assert [len(r["steps"]) for r in records] == [len(r.steps) for r in runs]
+    step_requests = list(read_native(out, topics.OTLP_SPANS))
+    assert len(step_requests) == sum(len(r.steps) for r in runs)  # one record per step, as they happen
+    first = next(otlp.iter_spans(ExportTraceServiceRequest.FromString(step_requests[0])))
+    assert "gen_ai.operation.name" in otlp.attributes(first.item.attributes)
