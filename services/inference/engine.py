@@ -119,7 +119,9 @@ class EngineSettings:
     max_batch_size: int = 8
     max_context: int = 65_536
     prefill_chunk: int = 2048  # prompt tokens per step, shared by all prefilling requests
-    attention: dict[str, object] = field(default_factory=lambda: {"backend": "dense"})
+    attention_backend: str = "dense"  # for requests that do not choose one
+    # Per backend, the defaults a request's options are merged over (e.g. HATA's hash weights).
+    backend_options: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 class Engine:
@@ -143,8 +145,10 @@ class Engine:
     # -- requests ----------------------------------------------------------------------------
 
     def backend_for(self, options: dict[str, object]) -> AttentionBackend:
-        merged = {**self.settings.attention, **options}
-        name = str(merged.pop("backend", "dense"))
+        """The backend a request asked for (instances are shared by requests with equal options)."""
+        options = dict(options)
+        name = str(options.pop("backend", self.settings.attention_backend))
+        merged = {**self.settings.backend_options.get(name, {}), **options}
         key = (name, tuple(sorted((k, repr(v)) for k, v in merged.items())))
         if key not in self._backends:
             self._backends[key] = create_backend(name, **merged)

@@ -40,6 +40,10 @@ class LayerCache:
             new = torch.empty(self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
             new[:, : self.length] = old[:, : self.length]
             setattr(self, name, new)
+        for name, old in self.extras.items():
+            new = old.new_empty((old.shape[0], capacity, *old.shape[2:]))
+            new[:, : self.length] = old[:, : self.length]
+            self.extras[name] = new
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: (kv_heads, tokens, head_dim)."""
@@ -50,24 +54,35 @@ class LayerCache:
         self.v[:, self.length : end] = v
         self.length = end
 
+    def write_extra(self, name: str, start: int, values: torch.Tensor) -> None:
+        """Per-token state of a backend for tokens [start, start+t): values (kv_heads, t, ...).
+
+        Stored with the cache's capacity and grown with it, so it stays aligned with K/V.
+        """
+        buffer = self.extras.get(name)
+        if buffer is None:  # later growth happens in _grow, with K/V
+            buffer = self.extras[name] = values.new_empty((values.shape[0], self.capacity, *values.shape[2:]))
+        buffer[:, start : start + values.shape[1]] = values
+
+    def extra(self, name: str) -> torch.Tensor:
+        return self.extras[name][:, : self.length]
+
     def keys(self) -> torch.Tensor:
         return self.k[:, : self.length]
 
     def values(self) -> torch.Tensor:
         return self.v[:, : self.length]
 
-    def replace(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Swap in a compacted cache (e.g. after clustering): k, v (kv_heads, tokens, head_dim)."""
-        self.length = 0
-        self.k = torch.empty_like(k[:, :16]) if k.shape[1] < 16 else torch.empty_like(k)
-        self.v = torch.empty_like(self.k)
-        self.append(k, v)
 
     def nbytes(self) -> int:
-        """Bytes held for the tokens in the cache (not the spare capacity)."""
-        per_token = 2 * self.kv_heads * self.head_dim * self.k.element_size()
-        extra = sum(t.element_size() * t.numel() for t in self.extras.values())
-        return self.length * per_token + extra
+        """Bytes held for the tokens in the cache (not the spare capacity), backend state included."""
+        return self.length * (self.kv_bytes_per_token() + self.extra_bytes_per_token())
+
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.kv_heads * self.head_dim * self.k.element_size()
+
+    def extra_bytes_per_token(self) -> int:
+        return sum(t.element_size() * t[:, :1].numel() for t in self.extras.values())
 
 
 @dataclass

@@ -59,7 +59,7 @@ def build(settings: InferenceSettings) -> tuple[ServiceRuntime, Engine]:
             max_batch_size=settings.max_batch_size,
             max_context=min(settings.max_context, model.config.max_position_embeddings),
             prefill_chunk=settings.prefill_chunk,
-            attention={"backend": settings.attention_backend},
+            attention_backend=settings.attention_backend,
         ),
     )
     runtime = ServiceRuntime("inference", settings)

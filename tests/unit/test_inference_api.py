@@ -152,6 +152,8 @@ def test_tritonclient_aio_stream(server: dict[str, str]) -> None:
         (MODEL, PROMPT, {"max_tokens": "many"}, "max_tokens must be a number"),
         (MODEL, PROMPT, {"beam_width": 4}, "unknown sampling parameter"),
         (MODEL, "word " * 600, GREEDY, "context limit"),
+        (MODEL, PROMPT, {"attention": {"backend": "magic"}}, "unknown attention backend"),
+        (MODEL, PROMPT, {"attention": {"backend": "dense", "budget": 3}}, "bad options for attention backend"),
     ],
 )
 def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(

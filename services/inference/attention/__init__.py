@@ -16,7 +16,10 @@ def create_backend(name: str, **options: object) -> AttentionBackend:
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(sorted(BACKENDS))}")
     module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+    try:
+        return getattr(importlib.import_module(module), cls)(**options)
+    except TypeError as error:  # an option the backend does not take
+        raise ValueError(f"bad options for attention backend {name!r}: {error}") from error
 
 
 __all__ = ["BACKENDS", "AttentionBackend", "create_backend"]
