@@ -14,11 +14,24 @@ SERVICES: dict[str, str] = {
 
 def _serve(args: argparse.Namespace) -> int:
     if args.service not in SERVICES:
-        available = ", ".join(sorted(SERVICES)) or "none yet"
-        print(f"unknown service {args.service!r}; available: {available}", file=sys.stderr)
+        print(f"unknown service {args.service!r}; available: {', '.join(sorted(SERVICES))}", file=sys.stderr)
         return 2
-    module, _, func = SERVICES[args.service].partition(":")
-    return int(getattr(importlib.import_module(module), func)(args.extra) or 0)
+    return _delegate(SERVICES, args.service, args.extra)
+
+
+# Sub-commands whose arguments their own module parses: `faultline train <what>`, `faultline eval <what>`.
+TRAINERS = {
+    "tiny-lm": "services.inference.training.train_retrieval:main",
+    "hata": "services.inference.hata_train:main",
+}
+EVALUATORS = {
+    "retrieval": "services.inference.evaluation:main",
+}
+
+
+def _delegate(table: dict[str, str], what: str, argv: list[str]) -> int:
+    module, _, func = table[what].partition(":")
+    return int(getattr(importlib.import_module(module), func)(argv) or 0)
 
 
 def _topics(args: argparse.Namespace) -> int:
@@ -35,6 +48,18 @@ def _bench(args: argparse.Namespace) -> int:
     from loadtests.bench import main as bench_main
 
     return bench_main(args.names)
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.inference.shapes import SHAPES, make_random_checkpoint
+
+    if args.shape not in SHAPES:
+        print(f"unknown shape {args.shape!r}; available: {', '.join(SHAPES)}", file=sys.stderr)
+        return 2
+    print(make_random_checkpoint(args.shape, Path(args.out)))
+    return 0
 
 
 def _demo(_args: argparse.Namespace) -> int:
@@ -58,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="show the platform working on the local broker (make run)")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="train a model: " + ", ".join(TRAINERS))
+    train.add_argument("what", choices=sorted(TRAINERS))
+    train.add_argument("extra", nargs=argparse.REMAINDER)
+    train.set_defaults(func=lambda a: _delegate(TRAINERS, a.what, a.extra))
+
+    evaluate = sub.add_parser("eval", help="evaluate: " + ", ".join(EVALUATORS))
+    evaluate.add_argument("what", choices=sorted(EVALUATORS))
+    evaluate.add_argument("extra", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(func=lambda a: _delegate(EVALUATORS, a.what, a.extra))
+
+    checkpoint = sub.add_parser("checkpoint", help="write a random-weight checkpoint with a real model shape")
+    checkpoint.add_argument("--shape", required=True, help="e.g. llama3-8b-like")
+    checkpoint.add_argument("--out", required=True)
+    checkpoint.set_defaults(func=_checkpoint)
 
     from loadtests.simulator.cli import add_parser as add_simulate
 

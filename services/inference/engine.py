@@ -49,7 +49,7 @@ class ContextTooLong(ValueError):
 @dataclass(frozen=True)
 class StreamEvent:
     text: str  # new text since the previous event
-    token_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]  # new tokens since the previous event
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     prompt_tokens: int = 0
@@ -108,6 +108,7 @@ class _Sequence:
     output: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of `text` already streamed
+    sent_ids: int = 0  # tokens of `output` already streamed
 
     @property
     def decoding(self) -> bool:
@@ -305,7 +306,7 @@ class Engine:
         seq.handle.put(
             StreamEvent(
                 seq.text[seq.sent :],
-                (),
+                tuple(seq.output[seq.sent_ids :]),
                 finished=True,
                 finish_reason=reason,
                 prompt_tokens=len(seq.prompt),

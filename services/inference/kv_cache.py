@@ -73,7 +73,6 @@ class LayerCache:
     def values(self) -> torch.Tensor:
         return self.v[:, : self.length]
 
-
     def nbytes(self) -> int:
         """Bytes held for the tokens in the cache (not the spare capacity), backend state included."""
         return self.length * (self.kv_bytes_per_token() + self.extra_bytes_per_token())

@@ -258,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     window_loss, window_hits, window_targets, window_tokens, window_start = 0.0, 0, 0, 0, time.perf_counter()
     for step in range(start, args.steps):
         shape = stage_shape(step, args.steps)
-        batch = training_batch(np.random.default_rng([args.seed, step]), shape, max(1, args.batch_tokens // shape.length))
+        batch = training_batch(
+            np.random.default_rng([args.seed, step]), shape, max(1, args.batch_tokens // shape.length)
+        )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         logits = supervised_logits(model, batch)
@@ -303,9 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             window_start = time.perf_counter()  # evaluation time is not training throughput
     if args.final_prompts:
         accuracy = evaluate(model, args.final_lengths, args.final_prompts, seed=args.seed + 2)
-        record(
-            {"step": args.steps, "final": True, "eval": {str(k): v for k, v in accuracy.items()}, **_prompts(args)}
-        )
+        record({"step": args.steps, "final": True, "eval": {str(k): v for k, v in accuracy.items()}, **_prompts(args)})
         log("final eval " + "  ".join(f"{k}: {v:.3f}" for k, v in accuracy.items()))
         plot_curve(records, out / CURVE_FILE)
     return 0
