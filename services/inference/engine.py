@@ -55,6 +55,19 @@ class StreamEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    # On the final event: what an approximate attention backend measured (e.g. tv_max, tv_mean).
+    attention: dict[str, float] = field(default_factory=dict)
+
+
+def attention_summary(stats: dict[str, float]) -> dict[str, float]:
+    """The per-request figures clients see, from the raw sums a backend accumulates."""
+    out: dict[str, float] = {}
+    if stats.get("tv_count"):
+        out["tv_max"] = stats["tv_max"]
+        out["tv_mean"] = stats["tv_sum"] / stats["tv_count"]
+    if stats.get("keys_total"):
+        out["keys_scored_fraction"] = stats["keys_scored"] / stats["keys_total"]
+    return out
 
 
 class RequestHandle:
@@ -312,6 +325,7 @@ class Engine:
                 prompt_tokens=len(seq.prompt),
                 completion_tokens=len(seq.output),
                 error=error,
+                attention=attention_summary(seq.cache.stats),
             )
         )
         seq.sent = len(seq.text)

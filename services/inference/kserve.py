@@ -47,7 +47,11 @@ OUTPUTS = [
     ("finish_reason", "BYTES", pb.TYPE_STRING),
     ("num_input_tokens", "UINT32", pb.TYPE_UINT32),
     ("num_output_tokens", "UINT32", pb.TYPE_UINT32),
+    ("tv_distance_max", "FP32", pb.TYPE_FP32),
+    ("tv_distance_mean", "FP32", pb.TYPE_FP32),
 ]
+# Outputs that exist only when the request's attention backend measured them.
+_MEASURED = {"tv_distance_max": "tv_max", "tv_distance_mean": "tv_mean"}
 
 
 class InvalidRequest(ValueError):
@@ -191,6 +195,9 @@ class KServeServicer:
             "num_input_tokens": ("UINT32", np.array([event.prompt_tokens], np.uint32).tobytes()),
             "num_output_tokens": ("UINT32", np.array([event.completion_tokens], np.uint32).tobytes()),
         }
+        for output, stat in _MEASURED.items():
+            if stat in event.attention:  # every answer carries its fidelity when it has one
+                values[output] = ("FP32", np.array([event.attention[stat]], np.float32).tobytes())
         names = [o.name for o in request.outputs] or list(values)
         response = pb.ModelInferResponse(model_name=self.model_name, model_version=VERSION, id=request.id)
         for name in names:

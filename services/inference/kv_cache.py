@@ -21,7 +21,11 @@ class LayerCache:
     k: torch.Tensor = field(init=False)
     v: torch.Tensor = field(init=False)
     length: int = 0
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-token backend state, aligned with K/V
+    summaries: dict[str, torch.Tensor] = field(default_factory=dict)  # backend state per page or cluster
+    # What approximate backends measured while serving the sequence (e.g. the TV distance);
+    # one dict shared by all layers of a sequence.
+    stats: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.k = torch.empty(self.kv_heads, 16, self.head_dim, dtype=self.dtype, device=self.device)
@@ -75,7 +79,8 @@ class LayerCache:
 
     def nbytes(self) -> int:
         """Bytes held for the tokens in the cache (not the spare capacity), backend state included."""
-        return self.length * (self.kv_bytes_per_token() + self.extra_bytes_per_token())
+        summaries = sum(t.element_size() * t.numel() for t in self.summaries.values())
+        return self.length * (self.kv_bytes_per_token() + self.extra_bytes_per_token()) + summaries
 
     def kv_bytes_per_token(self) -> int:
         return 2 * self.kv_heads * self.head_dim * self.k.element_size()
@@ -93,7 +98,12 @@ class SequenceCache:
         cls, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str = "cpu"
     ) -> SequenceCache:
         device = torch.device(device)
-        return cls([LayerCache(kv_heads, head_dim, dtype, device) for _ in range(num_layers)])
+        stats: dict[str, float] = {}
+        return cls([LayerCache(kv_heads, head_dim, dtype, device, stats=stats) for _ in range(num_layers)])
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return self.layers[0].stats
 
     @property
     def length(self) -> int:

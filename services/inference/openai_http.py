@@ -104,13 +104,17 @@ def create_app(engine: Engine, model_name: str, default_max_tokens: int = 256) -
             "total_tokens": event.prompt_tokens + event.completion_tokens,
         }
 
+    def extension(event: Any) -> dict[str, Any]:
+        """Faultline's extension object: what the attention backend measured for this answer."""
+        return {"faultline": {"attention": event.attention}} if event.attention else {}
+
     async def sse(handle: RequestHandle, chunk: Any) -> AsyncIterator[str]:
         try:
             async for event in handle.aiter():
                 if event.text or event.finished:
                     payload = chunk(event.text, event.finish_reason if event.finished else None)
                     if event.finished:
-                        payload["usage"] = usage(event)
+                        payload |= {"usage": usage(event), **extension(event)}
                     yield f"data: {json.dumps(payload)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
@@ -148,7 +152,7 @@ def create_app(engine: Engine, model_name: str, default_max_tokens: int = 256) -
         if body.stream:
             return StreamingResponse(sse(handle, chunk), media_type="text/event-stream")
         text, final = await collect(handle)
-        return {**chunk(text, final.finish_reason), "usage": usage(final)}
+        return {**chunk(text, final.finish_reason), "usage": usage(final), **extension(final)}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> Any:
@@ -180,6 +184,7 @@ def create_app(engine: Engine, model_name: str, default_max_tokens: int = 256) -
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": final.finish_reason}
             ],
             "usage": usage(final),
+            **extension(final),
         }
 
     return app

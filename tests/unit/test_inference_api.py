@@ -242,3 +242,23 @@ def test_health_and_metrics(server: dict[str, str]) -> None:
         "faultline_inference_kv_cache_bytes",
     ):
         assert name in metrics
+
+
+def test_certified_topk_answers_carry_their_tv_distance(server: dict) -> None:
+    budget = 0.05
+    sampling = {**GREEDY, "attention": {"backend": "topk_certified", "tv_budget": budget}}
+    result = grpcclient.InferenceServerClient(server["grpc"]).infer(MODEL, _inputs(PROMPT, sampling))
+    tv_max = float(result.as_numpy("tv_distance_max")[0])
+    assert 0 <= float(result.as_numpy("tv_distance_mean")[0]) <= tv_max <= budget  # never above the budget
+    plain = grpcclient.InferenceServerClient(server["grpc"]).infer(MODEL, _inputs(PROMPT, GREEDY))
+    assert plain.as_numpy("tv_distance_max") is None  # dense attention is exact: nothing to certify
+    client = openai.OpenAI(base_url=server["http"] + "/v1", api_key="unused")
+    completion = client.completions.create(
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=4,
+        temperature=0,
+        extra_body={"attention": {"backend": "topk_certified", "tv_budget": budget, "mode": "search"}},
+    )
+    measured = completion.model_extra["faultline"]["attention"]
+    assert measured["tv_max"] <= budget and 0 < measured["keys_scored_fraction"] <= 1

@@ -9,6 +9,7 @@ from services.inference.attention.base import AttentionBackend
 # name -> "module:class"; imported on first use so that a backend's extra cost is paid only when chosen.
 BACKENDS = {
     "dense": "services.inference.attention.dense:DenseBackend",
+    "topk_certified": "services.inference.attention.certified:CertifiedTopKBackend",
 }
 
 

@@ -1,0 +1,157 @@
+"""``topk_certified``: top-k attention whose every answer carries a total-variation certificate.
+
+Per decode query and head, keep the fewest keys whose discarded softmax mass τ = TV(P, P̂) is at
+most the request's budget ε (Lemma 4.1), attend over them, and record τ. Two ways to choose:
+
+- ``exact``: score every key, sort, cut where the tail mass drops to ε (τ is then known exactly);
+- ``search``: score keys cell by cell and stop as soon as a certificate τ̂ ≥ τ is within ε, so
+  most keys are never scored. Cells are the cache's pages (64 tokens) with a centre c and a
+  radius r; q·k ≤ q·c + ‖q‖·r bounds every unscored key, hence the certificate
+  τ̂ = (Z_scored − Z_head + Σ_cells |unscored|·e^U) / (Z_scored + Σ_cells |unscored|·e^U).
+  With ``candidates="hata"`` the HATA hash proposes the first keys to score (cheap), and the
+  search widens the set only while the certificate is over budget.
+
+Prefill is exact attention. Statistics (max and mean τ, share of keys scored) accumulate on
+the sequence's cache and come back with the response.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from services.inference.attention.base import AttentionBackend, causal_attention, decode_attention
+from services.inference.kv_cache import LayerCache
+
+PAGE = 64
+
+
+def update_cells(cache: LayerCache) -> None:
+    """Centre and radius of every full page of keys (recomputed only for pages not yet summarised)."""
+    keys = cache.keys()
+    pages = cache.length // PAGE
+    if "cell_centres" not in cache.summaries:  # no page yet: no cells, every key gets scored
+        cache.summaries["cell_centres"] = keys.new_zeros(keys.shape[0], 0, keys.shape[-1])
+        cache.summaries["cell_radii"] = keys.new_zeros(keys.shape[0], 0)
+    done = cache.summaries["cell_centres"].shape[1]
+    if pages == done:
+        return
+    block = keys[:, done * PAGE : pages * PAGE].reshape(keys.shape[0], pages - done, PAGE, -1)
+    centres = block.mean(2)
+    radii = torch.linalg.vector_norm(block - centres[:, :, None], dim=-1).amax(-1)
+    cache.summaries["cell_centres"] = torch.cat([cache.summaries["cell_centres"], centres], 1)
+    cache.summaries["cell_radii"] = torch.cat([cache.summaries["cell_radii"], radii], 1)
+
+
+def certified_search(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    centres: torch.Tensor,
+    radii: torch.Tensor,
+    epsilon: float,
+    candidates: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float, int]:
+    """One query: (kept key indices, certified τ̂ ≤ ε, keys scored). keys (n, d); centres (C, d) for keys[:C*PAGE]."""
+    n, dim = keys.shape
+    scale = dim**-0.5
+    scored = torch.zeros(n, dtype=torch.bool)
+    logits = torch.full((n,), float("-inf"), dtype=torch.float64)
+    cells = centres.shape[0]
+    # Keys past the last full page form no cell: score them up front (they are the recent ones).
+    first = torch.arange(cells * PAGE, n)
+    if candidates is not None:
+        first = torch.unique(torch.cat([first, candidates]))
+    logits[first] = (keys[first] @ q).double() * scale
+    scored[first] = True
+    upper = ((centres @ q) + torch.linalg.vector_norm(q) * radii).double() * scale
+    order = torch.argsort(upper, descending=True).tolist()
+    unscored = (~scored[: cells * PAGE]).view(cells, PAGE).sum(1).double() if cells else torch.zeros(0)
+    visited = 0
+    while True:
+        known = logits[scored]
+        m = max(float(known.max()) if known.numel() else -1e300, float(upper.max()) if cells else -1e300)
+        bound = float((unscored * torch.exp(upper - m)).sum()) if cells else 0.0
+        weights = torch.sort(torch.exp(known - m), descending=True)
+        total = float(weights.values.sum()) + bound
+        needed = (1 - epsilon) * total
+        prefix = weights.values.cumsum(0)
+        if prefix.numel() and float(prefix[-1]) >= needed:
+            k = int(torch.searchsorted(prefix, torch.tensor(needed, dtype=prefix.dtype))) + 1
+            k = min(k, prefix.numel())
+            tau_hat = (total - float(prefix[k - 1])) / total
+            kept = torch.nonzero(scored).squeeze(1)[weights.indices[:k]]
+            return kept, tau_hat, int(scored.sum())
+        if visited == cells:  # everything scored: the certificate is exact
+            kept = torch.nonzero(scored).squeeze(1)[weights.indices]
+            return kept, 0.0, n
+        cell = order[visited]
+        visited += 1
+        span = torch.arange(cell * PAGE, (cell + 1) * PAGE)
+        fresh = span[~scored[span]]
+        logits[fresh] = (keys[fresh] @ q).double() * scale
+        scored[fresh] = True
+        unscored[cell] = 0
+
+
+class CertifiedTopKBackend(AttentionBackend):
+    name = "topk_certified"
+
+    def __init__(
+        self, tv_budget: float = 0.01, mode: str = "exact", candidates: str | None = None, **candidate_options: object
+    ) -> None:
+        if not 0 < tv_budget < 1:
+            raise ValueError(f"tv_budget must be in (0, 1), got {tv_budget}")
+        if mode not in ("exact", "search"):
+            raise ValueError(f"mode must be 'exact' or 'search', got {mode!r}")
+        self.epsilon, self.mode = tv_budget, mode
+        self.proposer = None
+        if candidates is not None:
+            from services.inference.attention import create_backend
+
+            self.proposer = create_backend(candidates, **candidate_options)
+
+    def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        if self.proposer is not None:
+            return self.proposer.prefill(layer, q, k, v, cache)
+        cache.append(k, v)
+        return causal_attention(q, cache.keys(), cache.values())
+
+    def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        if self.proposer is not None:
+            proposals = self.proposer.propose(layer, q, k, v, cache)  # appends k, v (and its own state)
+        else:
+            cache.append(k, v)
+            proposals = None
+        keys, values = cache.keys(), cache.values()
+        heads, kv_heads = q.shape[0], keys.shape[0]
+        group = heads // kv_heads
+        out = torch.empty_like(q)
+        taus, scored = [], 0
+        if self.mode == "search":
+            update_cells(cache)
+        for h in range(heads):
+            kv = h // group
+            query = q[h, 0]
+            if self.mode == "exact":
+                logits = (keys[kv] @ query).double() * keys.shape[-1] ** -0.5
+                p, order = torch.sort(torch.softmax(logits, -1), descending=True)
+                keep = int((1 - p.cumsum(0) > self.epsilon).sum()) + 1
+                kept, tau, count = order[:keep], float(1 - p[:keep].sum()), keys.shape[1]
+            else:
+                kept, tau, count = certified_search(
+                    query,
+                    keys[kv],
+                    cache.summaries["cell_centres"][kv],
+                    cache.summaries["cell_radii"][kv],
+                    self.epsilon,
+                    None if proposals is None else proposals[kv],
+                )
+            out[h] = decode_attention(q[h : h + 1], keys[kv : kv + 1, kept], values[kv : kv + 1, kept])[0]
+            taus.append(max(tau, 0.0))
+            scored += count
+        stats = cache.stats
+        stats["tv_max"] = max(stats.get("tv_max", 0.0), max(taus))
+        stats["tv_sum"] = stats.get("tv_sum", 0.0) + sum(taus)
+        stats["tv_count"] = stats.get("tv_count", 0.0) + len(taus)
+        stats["keys_scored"] = stats.get("keys_scored", 0.0) + scored
+        stats["keys_total"] = stats.get("keys_total", 0.0) + heads * keys.shape[1]
+        return out
