@@ -68,6 +68,14 @@ class LayerCache:
             buffer = self.extras[name] = values.new_empty((values.shape[0], self.capacity, *values.shape[2:]))
         buffer[:, start : start + values.shape[1]] = values
 
+    def rewrite(self, k: torch.Tensor, v: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
+        """Replace the whole content by a compacted one (fewer tokens), e.g. after merging keys."""
+        self.length = k.shape[1]
+        self.k[:, : self.length] = k
+        self.v[:, : self.length] = v
+        for name, values in extras.items():
+            self.extras[name][:, : self.length] = values
+
     def extra(self, name: str) -> torch.Tensor:
         return self.extras[name][:, : self.length]
 

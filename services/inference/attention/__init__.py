@@ -10,6 +10,7 @@ from services.inference.attention.base import AttentionBackend
 BACKENDS = {
     "dense": "services.inference.attention.dense:DenseBackend",
     "topk_certified": "services.inference.attention.certified:CertifiedTopKBackend",
+    "chelsea": "services.inference.attention.chelsea:ChelseaBackend",
 }
 
 

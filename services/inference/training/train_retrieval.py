@@ -112,7 +112,7 @@ def init_previous_token_head(model: Transformer, generator: torch.Generator, hea
     u = F.normalize(torch.randn(d, generator=generator), dim=0)
     with torch.no_grad():
         embed -= torch.outer(embed @ u, u)
-        embed += u  # the shared direction, as large as a token's own part
+        embed += math.sqrt(d) * u  # the shared direction, as large as a token's own part
         reach = float((model.model.layers[0].input_layernorm(embed) @ u).mean())  # u's coordinate after RMSNorm
 
     pairs = hd // 2
@@ -134,7 +134,7 @@ def init_previous_token_head(model: Transformer, generator: torch.Generator, hea
         attention.q_proj.weight[rows] = torch.outer(query, u) / reach
         attention.k_proj.weight[rows] = torch.outer(kappa, u) / reach
         attention.v_proj.weight[rows] = read @ off_u
-        attention.o_proj.weight[:, rows] = off_u @ write / reach  # writes the copy at about a token's size
+        attention.o_proj.weight[:, rows] = off_u @ write * math.sqrt(d / hd)  # the copy is about a token's size
 
 
 def build_model(config: ModelConfig, seed: int, previous_token_head: bool) -> Transformer:
@@ -142,7 +142,11 @@ def build_model(config: ModelConfig, seed: int, previous_token_head: bool) -> Tr
     torch.manual_seed(seed)
     model = Transformer(config)
     with torch.no_grad():
-        model.model.embed_tokens.weight.normal_(0.0, config.hidden_size**-0.5, generator=generator)
+        # Unit-variance embeddings so that Adam's steps are small next to them (at the usual 0.02 they would be
+        # rewritten, shared direction included, within a few dozen steps); the final norm scales the tied
+        # output projection back to unit-variance logits.
+        model.model.embed_tokens.weight.normal_(0.0, 1.0, generator=generator)
+        model.model.norm.weight.fill_(config.hidden_size**-0.5)
         for layer in model.model.layers:
             # Residual branches start silent: the model begins as embeddings in, embeddings out.
             layer.self_attn.o_proj.weight.zero_()

@@ -1,0 +1,69 @@
+"""Chelsea KV clustering: matching inside chunks, size-weighted merges, log-size bias, budgets, outlier heads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from services.inference.attention import create_backend
+from services.inference.attention.base import decode_attention
+from services.inference.attention.chelsea import merge_round, soft_matching
+from services.inference.kv_cache import SequenceCache
+
+
+def test_odd_tokens_match_even_tokens_of_their_own_chunk() -> None:
+    keys = torch.randn(2, 100, 8)
+    a, b, similarity = soft_matching(keys, chunk=16)
+    assert (a % 2 == 1).all() and (b % 2 == 0).all()
+    assert (a // 16 == b // 16).all()  # never across chunks
+    assert (similarity <= 1 + 1e-6).all()
+
+
+def test_merging_duplicate_tokens_with_the_log_size_bias_is_exact() -> None:
+    base_k, base_v = torch.randn(2, 64, 16), torch.randn(2, 64, 16)
+    keys, values = base_k.repeat_interleave(2, 1), base_v.repeat_interleave(2, 1)  # each token twice, side by side
+    size = torch.ones(2, 128)
+    k, v, s = merge_round(keys, values, size, merges=64, chunk=16)
+    assert k.shape[1] == 64 and torch.allclose(s, torch.full_like(s, 2.0))
+    q = torch.randn(4, 1, 16)
+    merged = decode_attention(q, k, v, bias=torch.log(s))
+    assert torch.allclose(merged, decode_attention(q, keys, values), atol=1e-5)
+
+
+def test_merge_is_a_size_weighted_mean_and_conserves_tokens() -> None:
+    keys, values = torch.randn(1, 32, 4), torch.randn(1, 32, 4)
+    size = torch.randint(1, 5, (1, 32)).float()
+    k, v, s = merge_round(keys, values, size, merges=10, chunk=8)
+    assert s.sum() == size.sum() and k.shape[1] == 22
+    assert torch.allclose((k * s[..., None]).sum(1), (keys * size[..., None]).sum(1), atol=1e-4)
+    assert torch.allclose((v * s[..., None]).sum(1), (values * size[..., None]).sum(1), atol=1e-4)
+
+
+def test_prefill_compresses_to_budget_and_keeps_sinks_and_recent() -> None:
+    keys, values = torch.randn(2, 1000, 8), torch.randn(2, 1000, 8)
+    backend = create_backend("chelsea", budget=0.2, sinks=4, recent=16)
+    cache = SequenceCache.empty(1, 2, 8, torch.float32).layers[0]
+    backend.prefill(0, torch.randn(4, 1000, 8), keys, values, cache)
+    assert cache.length <= 200
+    assert torch.equal(cache.keys()[:, :4], keys[:, :4]) and torch.equal(cache.keys()[:, -16:], keys[:, -16:])
+    assert cache.extra("chelsea_size").sum(1).tolist() == [1000.0, 1000.0]
+    for _ in range(60):  # decode grows the cache; past budget + interval it is compressed back
+        backend.decode(0, torch.randn(4, 1, 8), torch.randn(2, 1, 8), torch.randn(2, 1, 8), cache)
+    assert cache.length <= int(0.2 * 1060) + 32
+    assert cache.extra("chelsea_size").sum(1).tolist() == [1060.0, 1060.0]
+
+
+def test_outlier_heads_stay_whole_and_padding_carries_no_weight(tmp_path: Path) -> None:
+    (tmp_path / "outliers.json").write_text(json.dumps({"outlier_heads": {"0": [1]}}))
+    keys, values = torch.randn(2, 400, 8), torch.randn(2, 400, 8)
+    backend = create_backend("chelsea", budget=0.25, sinks=4, recent=16, outliers=str(tmp_path / "outliers.json"))
+    cache = SequenceCache.empty(1, 2, 8, torch.float32).layers[0]
+    backend.prefill(0, torch.randn(4, 400, 8), keys, values, cache)
+    sizes = cache.extra("chelsea_size")
+    assert torch.equal(cache.keys()[1][sizes[1] > 0], keys[1])  # head 1 untouched
+    assert (sizes[0] > 0).sum() <= 100 and sizes[0].sum() == 400  # head 0 compressed, padded with size 0
+    q = torch.randn(4, 1, 8)
+    out = decode_attention(q, cache.keys(), cache.values(), bias=torch.log(sizes))
+    assert torch.allclose(out[2:], decode_attention(q[2:], keys[1:], values[1:]), atol=1e-5)
