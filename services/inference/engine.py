@@ -165,7 +165,9 @@ class Engine:
         merged = {**self.settings.backend_options.get(name, {}), **options}
         key = (name, tuple(sorted((k, repr(v)) for k, v in merged.items())))
         if key not in self._backends:
-            self._backends[key] = create_backend(name, **merged)
+            backend = create_backend(name, **merged)
+            backend.validate(self.model.config)
+            self._backends[key] = backend
         return self._backends[key]
 
     def submit_text(self, prompt: str, params: SamplingParams, request_id: str | None = None) -> RequestHandle:

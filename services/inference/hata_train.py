@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import save_file
 
 from services.inference.attention.base import AttentionBackend, causal_attention
+from services.inference.attention.hata import WEIGHTS_FILE
 from services.inference.kv_cache import LayerCache, SequenceCache
 from services.inference.model import Segment, Transformer
 from services.inference.weights import load_model
 
-WEIGHTS_FILE = "hata.safetensors"
 POSITIVE_SHARE = 0.1  # HATA labels the top 10% of keys
 SIGMA, EPSILON, BALANCE, DECORRELATION = 0.1, 0.01, 1.0, 2.0  # the reference training script's settings
 

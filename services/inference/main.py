@@ -12,6 +12,8 @@ from pydantic import Field
 
 from services.common.runtime import ServiceRuntime
 from services.common.settings import GrpcSettings, ServiceSettings, load_settings
+from services.inference.attention.chelsea import OUTLIERS_FILE as CHELSEA_OUTLIERS
+from services.inference.attention.hata import WEIGHTS_FILE as HATA_WEIGHTS
 from services.inference.engine import Engine, EngineSettings
 from services.inference.kserve import KServeServicer, kserve_service
 from services.inference.openai_http import create_app
@@ -46,6 +48,16 @@ class HttpServer:
         self._thread.join(timeout=15)
 
 
+def saved_backend_options(model_path: Path) -> dict[str, dict[str, object]]:
+    """What backends trained or calibrated for this checkpoint left beside it."""
+    options: dict[str, dict[str, object]] = {}
+    if (model_path / HATA_WEIGHTS).is_file():
+        options["hata"] = {"weights": str(model_path / HATA_WEIGHTS)}
+    if (model_path / CHELSEA_OUTLIERS).is_file():
+        options["chelsea"] = {"outliers": str(model_path / CHELSEA_OUTLIERS)}
+    return options
+
+
 def build(settings: InferenceSettings) -> tuple[ServiceRuntime, Engine]:
     if settings.model_path is None:
         raise SystemExit("no model: pass --model DIR or set FAULTLINE_MODEL_PATH")
@@ -60,6 +72,7 @@ def build(settings: InferenceSettings) -> tuple[ServiceRuntime, Engine]:
             max_context=min(settings.max_context, model.config.max_position_embeddings),
             prefill_chunk=settings.prefill_chunk,
             attention_backend=settings.attention_backend,
+            backend_options=saved_backend_options(settings.model_path),
         ),
     )
     runtime = ServiceRuntime("inference", settings)

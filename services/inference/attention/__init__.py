@@ -11,6 +11,7 @@ BACKENDS = {
     "dense": "services.inference.attention.dense:DenseBackend",
     "topk_certified": "services.inference.attention.certified:CertifiedTopKBackend",
     "chelsea": "services.inference.attention.chelsea:ChelseaBackend",
+    "hata": "services.inference.attention.hata:HataBackend",
 }
 
 

@@ -6,11 +6,16 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from services.inference.config import ModelConfig
 from services.inference.kv_cache import LayerCache
 
 
 class AttentionBackend(ABC):
     name: str
+
+    def validate(self, config: ModelConfig) -> None:
+        """Raise ValueError if this backend cannot serve a model of this shape (checked before any request runs)."""
+        return  # most backends serve any shape
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Append k, v to ``cache`` and attend: q (heads, tokens, dim), k/v (kv_heads, tokens, dim).
