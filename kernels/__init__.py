@@ -1,0 +1,23 @@
+"""GPU kernels (Triton) with plain-PyTorch references of the same signature; imports nothing of the project.
+
+HATA (hash-aware top-k attention) decode path: :mod:`kernels.hata_encode` (keys/queries -> packed sign codes and key
+norms), :mod:`kernels.hata_score` (Hamming score per KV head, for top-k) and :mod:`kernels.hata_sparse_decode`
+(attention over the selected positions). Importing this package imports Triton; set ``TRITON_INTERPRET=1`` before
+the first import to run the kernels on CPU tensors.
+"""
+
+from .hata_encode import hash_encode, hash_encode_reference, hash_encode_with_norms, hash_encode_with_norms_reference
+from .hata_score import FORCED_SCORE, hamming_score, hamming_score_reference
+from .hata_sparse_decode import sparse_decode_attention, sparse_decode_attention_reference
+
+__all__ = [
+    "FORCED_SCORE",
+    "hamming_score",
+    "hamming_score_reference",
+    "hash_encode",
+    "hash_encode_reference",
+    "hash_encode_with_norms",
+    "hash_encode_with_norms_reference",
+    "sparse_decode_attention",
+    "sparse_decode_attention_reference",
+]
