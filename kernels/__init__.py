@@ -2,8 +2,9 @@
 
 HATA (hash-aware top-k attention) decode path: :mod:`kernels.hata_encode` (keys/queries -> packed sign codes and key
 norms), :mod:`kernels.hata_score` (Hamming score per KV head, for top-k) and :mod:`kernels.hata_sparse_decode`
-(attention over the selected positions). Importing this package imports Triton; set ``TRITON_INTERPRET=1`` before
-the first import to run the kernels on CPU tensors.
+(attention over the selected positions). Importing this package imports Triton. To run the Triton kernels on CPU
+tensors set ``TRITON_INTERPRET=1`` before Triton is first imported anywhere in the process: ``@triton.jit``, also
+inside ``triton.language``, picks interpreter or GPU compiler at import time.
 """
 
 from .hata_encode import hash_encode, hash_encode_reference, hash_encode_with_norms, hash_encode_with_norms_reference

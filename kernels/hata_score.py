@@ -83,7 +83,7 @@ def hamming_score_reference(
     group, n = q_codes.shape[1], k_codes.shape[1]
     xor = q_codes[:, :, None, :] ^ k_codes[:, None, :, :]  # (kv_heads, group, n, words)
     ham = _popcount32_reference(xor).sum(dim=(1, 3), dtype=torch.int32)  # (kv_heads, n)
-    inv_rbit = torch.tensor(1.0 / rbit, dtype=torch.float32)
+    inv_rbit = torch.tensor(1.0 / rbit, dtype=torch.float32, device=k_codes.device)
     scores = k_norms.float() * ((group * rbit - 2 * ham).float() * inv_rbit)
     positions = torch.arange(n, device=k_codes.device)
     forced = (positions < sink) | (positions >= n - recent)

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "bus": "loadtests.bench.bus",
     "simulator": "loadtests.bench.simulator",
     "inference": "loadtests.bench.inference",
+    "attention": "loadtests.bench.attention",
 }
 
 

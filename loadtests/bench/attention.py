@@ -1,0 +1,128 @@
+"""Decode-step attention time against context length, dense vs the sparse backends, one layer of
+Llama-3-8B's attention geometry (8 query heads, 2 KV heads, head_dim 128), fp32 on this CPU.
+
+Timing only needs the shapes, so the caches hold random keys and values and HATA random hash
+weights (accuracy is measured on trained models by ``bench retrieval``). Each backend is timed
+on the same cache contents in the same run; the ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from kernels import hash_encode_with_norms_reference
+from loadtests.bench import RESULTS
+from services.inference.attention import create_backend
+from services.inference.kv_cache import LayerCache
+
+HEADS, KV_HEADS, DIM, RBIT = 8, 2, 128, 128
+CONTEXTS = [int(x) for x in os.environ.get("FAULTLINE_BENCH_CONTEXTS", "4096,16384,65536,131072").split(",")]
+BUDGET = 0.03  # HATA's share of the context (1.5–3% in the paper)
+CHELSEA_BUDGET = 0.2
+COMMAND = "make bench BENCH=attention  (or: faultline bench attention)"
+
+
+def _cache(keys: torch.Tensor, values: torch.Tensor) -> LayerCache:
+    cache = LayerCache(KV_HEADS, DIM, torch.float32, torch.device("cpu"))
+    cache.append(keys, values)
+    return cache
+
+
+def _time(cases: dict[str, tuple[object, LayerCache]], repeats: int = 11) -> dict[str, float]:
+    """Median ms per decode call of each (backend, cache); calls interleave so machine drift hits all alike."""
+    q, kv = torch.randn(HEADS, 1, DIM), torch.randn(KV_HEADS, 1, DIM)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, (backend, cache) in cases.items():
+                start = time.perf_counter()
+                backend.decode(1, q, kv, kv, cache)  # type: ignore[attr-defined]
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t[1:]) * 1e3 for name, t in times.items()}  # the first call grows the cache
+
+
+def run() -> dict:
+    torch.set_num_threads(int(os.environ.get("FAULTLINE_BENCH_THREADS", "1")))
+    torch.manual_seed(0)
+    results: dict[str, dict[int, float]] = {"dense": {}, "hata": {}, "chelsea": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "hata.safetensors"
+        hash_weight = torch.randn(KV_HEADS, DIM, RBIT)
+        save_file({"layers.1.hash_weight": hash_weight}, str(weights), metadata={"dense_layers": "1"})
+        backends = {
+            "dense": create_backend("dense"),
+            "hata": create_backend("hata", weights=str(weights), budget=BUDGET),
+            "chelsea": create_backend("chelsea", budget=CHELSEA_BUDGET),
+        }
+        for n in CONTEXTS:
+            keys, values = torch.randn(KV_HEADS, n, DIM), torch.randn(KV_HEADS, n, DIM)
+            hashed = _cache(keys, values)
+            codes, norms = hash_encode_with_norms_reference(keys, hash_weight)
+            hashed.write_extra("hata_codes", 0, codes)
+            hashed.write_extra("hata_norms", 0, norms.half())
+            clustered = _cache(keys, values)
+            clustered.write_extra("chelsea_size", 0, torch.ones(KV_HEADS, n))
+            backends["chelsea"].compress(1, clustered, int(CHELSEA_BUDGET * n))
+            timed = _time(
+                {
+                    "dense": (backends["dense"], _cache(keys, values)),
+                    "hata": (backends["hata"], hashed),
+                    "chelsea": (backends["chelsea"], clustered),
+                }
+            )
+            for name, ms in timed.items():
+                results[name][n] = ms
+            print(
+                f"  {n:>7} tokens: dense {results['dense'][n]:8.2f} ms | "
+                f"hata@{BUDGET:.0%} {results['hata'][n]:7.2f} ms "
+                f"({results['dense'][n] / results['hata'][n]:5.1f}x) | chelsea@{CHELSEA_BUDGET:.0%} "
+                f"{results['chelsea'][n]:7.2f} ms ({results['dense'][n] / results['chelsea'][n]:5.1f}x)",
+                flush=True,
+            )
+    plot = RESULTS / "attention_decode_vs_context.png"
+    _plot(results, plot)
+    code_bytes, norm_bytes, key_bytes = RBIT // 8, 2, DIM * 2
+    print(
+        f"  bytes read to score a key: HATA {code_bytes + norm_bytes} B (code + fp16 norm) vs a dense fp16 key "
+        f"{key_bytes} B ({key_bytes / (code_bytes + norm_bytes):.0f}x less); fp32 here: {DIM * 4} B"
+    )
+    print(f"  plot: {plot}\n  command: {COMMAND}")
+    return {
+        "command": COMMAND,
+        "shape": f"{HEADS} query heads, {KV_HEADS} KV heads, head_dim {DIM}, fp32, one layer, 1 thread",
+        "hata_budget": BUDGET,
+        "chelsea_budget": CHELSEA_BUDGET,
+        "decode_attention_ms": results,
+        "speedup_vs_dense": {
+            name: {n: results["dense"][n] / t for n, t in times.items()} for name, times in results.items()
+        },
+        "hata_score_bytes_per_key": code_bytes + norm_bytes,
+        "dense_fp16_bytes_per_key": key_bytes,
+        "plot": str(plot),
+    }
+
+
+def _plot(results: dict[str, dict[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, times in results.items():
+        lengths = sorted(times)
+        ax.loglog(lengths, [times[n] for n in lengths], "o-", label=name)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode attention, one layer (ms)")
+    ax.set_title("8 q / 2 kv heads, head_dim 128, fp32, CPU 1 thread")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
