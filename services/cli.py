@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
 TRAINERS = {
     "tiny-lm": "services.inference.training.train_retrieval:main",
     "hata": "services.inference.hata_train:main",
+    "chelsea": "services.inference.chelsea_calibrate:main",
 }
 EVALUATORS = {
     "retrieval": "services.inference.evaluation:main",

@@ -10,7 +10,11 @@ import torch
 from services.inference.attention import create_backend
 from services.inference.attention.base import decode_attention
 from services.inference.attention.chelsea import merge_round, soft_matching
+from services.inference.chelsea_calibrate import head_errors, outliers
+from services.inference.config import ModelConfig
 from services.inference.kv_cache import SequenceCache
+from services.inference.model import Transformer
+from services.inference.shapes import SHAPES
 
 
 def test_odd_tokens_match_even_tokens_of_their_own_chunk() -> None:
@@ -67,3 +71,20 @@ def test_outlier_heads_stay_whole_and_padding_carries_no_weight(tmp_path: Path) 
     q = torch.randn(4, 1, 8)
     out = decode_attention(q, cache.keys(), cache.values(), bias=torch.log(sizes))
     assert torch.allclose(out[2:], decode_attention(q[2:], keys[1:], values[1:]), atol=1e-5)
+
+
+def test_a_partial_last_chunk_never_matches_padding() -> None:
+    keys = -torch.ones(1, 10, 4)  # all alike
+    keys[0, 9] = 1.0  # the last A token points away from every B: its best cosine is negative
+    a, b, similarity = soft_matching(keys, chunk=8)
+    assert a[0, -1] == 9 and b.max() < 10 and b[0, -1] == 8 and similarity[0, -1] < 0
+
+
+def test_calibration_marks_the_heads_that_clustering_hurts_most() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(model_type="llama", vocab_size=64, max_position_embeddings=1024, **SHAPES["tiny"])  # type: ignore[arg-type]
+    errors = head_errors(Transformer(config).eval(), [torch.randint(0, 64, (400,)).tolist()], budget=0.2)
+    assert errors.shape == (config.num_hidden_layers, config.num_key_value_heads) and (errors > 0).all()
+    worst = divmod(int(errors.argmax()), errors.shape[1])
+    assert outliers(errors, share=0.25) == {str(worst[0]): [worst[1]]}
+    assert outliers(errors, share=0.04) == {}  # 4% of 4 heads rounds down to none

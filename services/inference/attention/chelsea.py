@@ -41,11 +41,14 @@ def soft_matching(keys: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.T
     n -= n % 2
     normed = torch.nn.functional.normalize(keys[:, :n].float(), dim=-1)
     pad = (-n) % chunk
-    if pad:  # pad with zero vectors: their similarity is 0 and they are never chosen over a real token
+    if pad:  # a partial last chunk: pad, and never let a padding B be chosen
         normed = torch.cat([normed, normed.new_zeros(heads, pad, dim)], 1)
     blocks = normed.view(heads, -1, chunk // 2, 2, dim)
     b_keys, a_keys = blocks[..., 0, :], blocks[..., 1, :]
-    similarity, best = (a_keys @ b_keys.transpose(-1, -2)).max(-1)  # (heads, chunks, chunk/2)
+    cosine = a_keys @ b_keys.transpose(-1, -2)  # (heads, chunks, chunk/2 A, chunk/2 B)
+    b_position = (torch.arange(blocks.shape[1])[:, None] * chunk + 2 * torch.arange(chunk // 2))[:, None, :]
+    cosine = cosine.masked_fill(b_position >= n, float("-inf"))
+    similarity, best = cosine.max(-1)  # (heads, chunks, chunk/2)
     offsets = torch.arange(blocks.shape[1])[:, None] * chunk
     a_index = (offsets + 2 * torch.arange(chunk // 2) + 1).flatten()
     b_index = (offsets + 2 * best).flatten(1)

@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,46 +98,74 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     )
 
 
-def init_previous_token_head(model: Transformer, generator: torch.Generator, head: int = 0) -> None:
-    """Make layer 0's ``head`` attend to the previous token and copy its identity (see the module docstring).
+def _rope_vector(model: Transformer, vector: torch.Tensor, position: int) -> torch.Tensor:
+    """``vector`` (head_dim) as RoPE rotates it at ``position``."""
+    cos, sin = model.rotary(torch.tensor([position]))
+    return apply_rotary(vector.view(1, 1, -1), cos, sin).view(-1)
 
-    The scores come from a shared embedding direction u: k = κ for every token and q = R(-1)κ, so the score
-    between positions m and n is Σᵢ κᵢ² cos(ωᵢ(n - m + 1)), peaked at n = m - 1. Half the weight goes on the
-    fastest RoPE frequency (to beat the token itself) and the rest on the next ones (so no distance up to 16K
-    lines the phases up again); the least margin this leaves is 0.2 of the peak.
+
+def init_circuit(model: Transformer, generator: torch.Generator, retrieval_head: bool) -> None:
+    """Build the induction circuit's attention patterns into the initial weights (see the module docstring).
+
+    The residual stream is laid out in three parts: token identity in dims [0, half - 1), a direction shared by
+    every token at dim half - 1, and an empty "previous token" part in dims [half, hidden).
+
+    * Layer 0, head 0 attends to the previous token: its query and key read only the shared direction, k = κ
+      and q = R(-1)κ, so the score between positions m and n is Σᵢ κᵢ² cos(ωᵢ(n - m + 1)), peaked at n = m - 1.
+      Half of κ's weight is on the fastest RoPE frequency (to beat the token itself), the rest on the next ones
+      down to a wavelength of 2K tokens, so no distance up to 16K brings the phases back in line (the least
+      margin this leaves is about 0.2 of the peak). Its value/output copy the token identity into the
+      previous-token part.
+    * With ``retrieval_head``, layer 1, head 0 matches the current token against the previous-token part, in
+      the RoPE dimensions that turn less than a radian over ``max_position_embeddings`` (so the match does not
+      fade with distance). Its value/output are left to training.
     """
     config = model.config
     d, hd = config.hidden_size, config.head_dim
+    half = d // 2
+    if hd < half:
+        raise ValueError(f"the circuit needs head_dim >= hidden_size / 2, got {hd} < {half}")
+    token_dims, shared = slice(0, half - 1), half - 1
     embed = model.model.embed_tokens.weight
-    u = F.normalize(torch.randn(d, generator=generator), dim=0)
     with torch.no_grad():
-        embed -= torch.outer(embed @ u, u)
-        embed += math.sqrt(d) * u  # the shared direction, as large as a token's own part
-        reach = float((model.model.layers[0].input_layernorm(embed) @ u).mean())  # u's coordinate after RMSNorm
+        embed[:, half:] = 0.0
+        embed[:, shared] = math.sqrt(half - 1)  # as large as a token's own part
+        reach = float(model.model.layers[0].input_layernorm(embed)[:, shared].mean())  # after RMSNorm
 
-    pairs = hd // 2
-    weight = torch.zeros(pairs)
+    frequencies = model.rotary.inv_freq
+    fast = frequencies > 2 * math.pi / 2048
+    weight = torch.zeros(hd // 2)
     weight[0] = 0.5
-    weight[1 : pairs // 2] = 0.5 / (pairs // 2 - 1)
+    weight[1 : int(fast.sum())] = 0.5 / (int(fast.sum()) - 1)
     margin = 16.0  # logits between the previous token and any other, enough for 16K distractors
     amplitude = margin * math.sqrt(hd) / 0.2
-    kappa = torch.cat([(amplitude * weight).sqrt(), torch.zeros(pairs)])
-    cos, sin = model.rotary(torch.tensor([-1]))
-    query = apply_rotary(kappa.view(1, 1, hd), cos, sin).view(hd)
-
-    attention = model.model.layers[0].self_attn
-    rows = slice(head * hd, (head + 1) * hd)
-    off_u = torch.eye(d) - torch.outer(u, u)
-    read = torch.linalg.qr(torch.randn(d, hd, generator=generator)).Q.T  # (hd, d), orthonormal rows
-    write = torch.linalg.qr(torch.randn(d, hd, generator=generator)).Q  # (d, hd), orthonormal columns
+    kappa = torch.cat([(amplitude * weight).sqrt(), torch.zeros(hd // 2)])
+    previous = model.model.layers[0].self_attn
     with torch.no_grad():
-        attention.q_proj.weight[rows] = torch.outer(query, u) / reach
-        attention.k_proj.weight[rows] = torch.outer(kappa, u) / reach
-        attention.v_proj.weight[rows] = read @ off_u
-        attention.o_proj.weight[:, rows] = off_u @ write * math.sqrt(d / hd)  # the copy is about a token's size
+        previous.q_proj.weight[:hd] = 0.0
+        previous.k_proj.weight[:hd] = 0.0
+        previous.q_proj.weight[:hd, shared] = _rope_vector(model, kappa, -1) / reach
+        previous.k_proj.weight[:hd, shared] = kappa / reach
+        previous.v_proj.weight[:hd] = 0.0
+        previous.v_proj.weight[: half - 1, token_dims] = torch.eye(half - 1)
+        previous.o_proj.weight[:, :hd] = 0.0
+        previous.o_proj.weight[half : 2 * half - 1, : half - 1] = torch.eye(half - 1)
+    if not retrieval_head:
+        return
+
+    slow = (frequencies * config.max_position_embeddings <= 1.0).nonzero().flatten()
+    dims = torch.cat([slow, slow + hd // 2])
+    project = torch.linalg.qr(torch.randn(half - 1, len(dims), generator=generator)).Q.T  # orthonormal rows
+    gain = math.sqrt(20.0 * math.sqrt(hd) / len(dims))  # a match scores about 20 logits over a random pair
+    retrieval = model.model.layers[1].self_attn
+    with torch.no_grad():
+        retrieval.q_proj.weight[:hd] = 0.0
+        retrieval.k_proj.weight[:hd] = 0.0
+        retrieval.q_proj.weight[dims, token_dims] = gain * project
+        retrieval.k_proj.weight[dims, half : 2 * half - 1] = gain * project
 
 
-def build_model(config: ModelConfig, seed: int, previous_token_head: bool) -> Transformer:
+def build_model(config: ModelConfig, seed: int, circuit: str) -> Transformer:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = Transformer(config)
@@ -151,8 +179,8 @@ def build_model(config: ModelConfig, seed: int, previous_token_head: bool) -> Tr
             # Residual branches start silent: the model begins as embeddings in, embeddings out.
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
-    if previous_token_head:
-        init_previous_token_head(model, generator)
+    if circuit != "none":
+        init_circuit(model, generator, retrieval_head=circuit == "induction")
     return model
 
 
@@ -199,6 +227,23 @@ def save_checkpoint(
     (out / f"{STATE_FILE}.tmp").replace(out / STATE_FILE)
 
 
+@dataclass
+class Window:
+    """Training statistics since the last log line."""
+
+    loss: float = 0.0  # summed over targets
+    hits: int = 0
+    targets: int = 0
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, hits: int, targets: int, tokens: int) -> None:
+        self.loss += loss * targets
+        self.hits += hits
+        self.targets += targets
+        self.tokens += tokens
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -211,11 +256,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves the other cores free)")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="tokens per step; batch = this // length")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=250, help="also saves the checkpoint")
-    parser.add_argument("--eval-lengths", type=int, nargs="+", default=[512, 4096])
+    parser.add_argument("--eval-lengths", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--eval-prompts", type=int, default=20)
     parser.add_argument("--final-lengths", type=int, nargs="+", default=[4096, 8192, 16384])
     parser.add_argument("--final-prompts", type=int, default=100)
@@ -224,8 +269,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--intermediate", type=int, default=256)
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--rope-theta", type=float, default=500_000.0)
-    parser.add_argument("--previous-token-head", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--rope-theta", type=float, default=10_000_000.0)
+    parser.add_argument(
+        "--circuit",
+        choices=["induction", "previous-token", "none"],
+        default="induction",
+        help="attention patterns built into the initial weights: both heads, the layer-0 one only, or none",
+    )
     return parser.parse_args(argv)
 
 
@@ -243,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if log_path.is_file():  # drop what was logged after the checkpoint, it is about to be redone
             records = [r for r in map(json.loads, log_path.read_text().splitlines()) if r["step"] <= start]
     else:
-        model = build_model(model_config(args), args.seed, args.previous_token_head)
+        model = build_model(model_config(args), args.seed, args.circuit)
         start, elapsed = 0, 0.0
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
     if args.resume_from:
@@ -259,12 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.write(json.dumps(entry) + "\n")
 
     tokens_seen = next((r["tokens"] for r in reversed(records) if "tokens" in r), 0)
-    window_loss, window_hits, window_targets, window_tokens, window_start = 0.0, 0, 0, 0, time.perf_counter()
+    run_start = time.perf_counter()
+    window = Window()
     for step in range(start, args.steps):
         shape = stage_shape(step, args.steps)
-        batch = training_batch(
-            np.random.default_rng([args.seed, step]), shape, max(1, args.batch_tokens // shape.length)
-        )
+        rng = np.random.default_rng([args.seed, step])  # batches depend on the step only, so resuming is exact
+        batch = training_batch(rng, shape, max(1, args.batch_tokens // shape.length))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         logits = supervised_logits(model, batch)
@@ -275,48 +325,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-        window_loss += float(loss) * len(targets)
-        window_hits += int((logits.argmax(-1) == targets).sum())
-        window_targets += len(targets)
-        window_tokens += batch.tokens.numel()
+        window.add(float(loss), int((logits.argmax(-1) == targets).sum()), len(targets), batch.tokens.numel())
         tokens_seen += batch.tokens.numel()
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:
-            now = time.perf_counter()
-            elapsed += now - window_start
             entry = {
                 "step": done,
-                "loss": window_loss / window_targets,
-                "train_accuracy": window_hits / window_targets,
+                "loss": window.loss / window.targets,
+                "train_accuracy": window.hits / window.targets,
                 "lr": optimizer.param_groups[0]["lr"],
                 "length": shape.length,
                 "tokens": tokens_seen,
-                "tokens_per_s": window_tokens / (now - window_start),
-                "elapsed_s": elapsed,
+                "tokens_per_s": window.tokens / (time.perf_counter() - window.start),
+                "elapsed_s": elapsed + time.perf_counter() - run_start,
             }
             record(entry)
             log(
                 f"step {done:6d}  len {shape.length:5d}  loss {entry['loss']:.4f}  acc {entry['train_accuracy']:.3f}"
-                f"  lr {entry['lr']:.2e}  {entry['tokens_per_s']:,.0f} tok/s  {elapsed / 60:.1f} min"
+                f"  lr {entry['lr']:.2e}  {entry['tokens_per_s']:,.0f} tok/s  {entry['elapsed_s'] / 60:.1f} min"
             )
-            window_loss, window_hits, window_targets, window_tokens, window_start = 0.0, 0, 0, 0, time.perf_counter()
+            window = Window()
         if done % args.eval_every == 0 or done == args.steps:
             accuracy = evaluate(model, args.eval_lengths, args.eval_prompts, seed=args.seed + 1)
             record({"step": done, "eval": {str(k): v for k, v in accuracy.items()}, "prompts": args.eval_prompts})
             log(f"step {done:6d}  eval " + "  ".join(f"{k}: {v:.2f}" for k, v in accuracy.items()))
-            save_checkpoint(model, optimizer, out, done, elapsed, run_args)
+            save_checkpoint(model, optimizer, out, done, elapsed + time.perf_counter() - run_start, run_args)
             plot_curve(records, out / CURVE_FILE)
-            window_start = time.perf_counter()  # evaluation time is not training throughput
+            window = Window()  # evaluation time is not training throughput
     if args.final_prompts:
         accuracy = evaluate(model, args.final_lengths, args.final_prompts, seed=args.seed + 2)
-        record({"step": args.steps, "final": True, "eval": {str(k): v for k, v in accuracy.items()}, **_prompts(args)})
+        final = {"step": args.steps, "final": True, "eval": {str(k): v for k, v in accuracy.items()}}
+        record({**final, "prompts": args.final_prompts, "elapsed_s": elapsed + time.perf_counter() - run_start})
         log("final eval " + "  ".join(f"{k}: {v:.3f}" for k, v in accuracy.items()))
         plot_curve(records, out / CURVE_FILE)
     return 0
-
-
-def _prompts(args: argparse.Namespace) -> dict:
-    return {"prompts": args.final_prompts}
 
 
 if __name__ == "__main__":
