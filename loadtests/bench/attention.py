@@ -51,7 +51,7 @@ def _time(cases: dict[str, tuple[object, LayerCache]], repeats: int = 11) -> dic
 def run() -> dict:
     torch.set_num_threads(int(os.environ.get("FAULTLINE_BENCH_THREADS", "1")))
     torch.manual_seed(0)
-    results: dict[str, dict[int, float]] = {"dense": {}, "hata": {}, "chelsea": {}}
+    results: dict[str, dict[int, float]] = {"dense": {}, "hata": {}, "chelsea": {}, "chelsea_hata": {}}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "hata.safetensors"
         hash_weight = torch.randn(KV_HEADS, DIM, RBIT)
@@ -60,6 +60,10 @@ def run() -> dict:
             "dense": create_backend("dense"),
             "hata": create_backend("hata", weights=str(weights), budget=BUDGET),
             "chelsea": create_backend("chelsea", budget=CHELSEA_BUDGET),
+            # Cluster to 20%, then attend to the hash's best 15% of the entries: ~3% of the context.
+            "chelsea_hata": create_backend(
+                "chelsea_hata", weights=str(weights), budget=CHELSEA_BUDGET, hash_budget=BUDGET / CHELSEA_BUDGET
+            ),
         }
         for n in CONTEXTS:
             keys, values = torch.randn(KV_HEADS, n, DIM), torch.randn(KV_HEADS, n, DIM)
@@ -70,11 +74,15 @@ def run() -> dict:
             clustered = _cache(keys, values)
             clustered.write_extra("chelsea_size", 0, torch.ones(KV_HEADS, n))
             backends["chelsea"].compress(1, clustered, int(CHELSEA_BUDGET * n))
+            both = _cache(keys, values)
+            both.write_extra("chelsea_size", 0, torch.ones(KV_HEADS, n))
+            backends["chelsea_hata"].compress(1, both, int(CHELSEA_BUDGET * n))
             timed = _time(
                 {
                     "dense": (backends["dense"], _cache(keys, values)),
                     "hata": (backends["hata"], hashed),
                     "chelsea": (backends["chelsea"], clustered),
+                    "chelsea_hata": (backends["chelsea_hata"], both),
                 }
             )
             for name, ms in timed.items():
@@ -83,7 +91,8 @@ def run() -> dict:
                 f"  {n:>7} tokens: dense {results['dense'][n]:8.2f} ms | "
                 f"hata@{BUDGET:.0%} {results['hata'][n]:7.2f} ms "
                 f"({results['dense'][n] / results['hata'][n]:5.1f}x) | chelsea@{CHELSEA_BUDGET:.0%} "
-                f"{results['chelsea'][n]:7.2f} ms ({results['dense'][n] / results['chelsea'][n]:5.1f}x)",
+                f"{results['chelsea'][n]:7.2f} ms ({results['dense'][n] / results['chelsea'][n]:5.1f}x) | "
+                f"both {results['chelsea_hata'][n]:6.2f} ms ({results['dense'][n] / results['chelsea_hata'][n]:5.1f}x)",
                 flush=True,
             )
     plot = RESULTS / "attention_decode_vs_context.png"

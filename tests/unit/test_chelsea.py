@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from services.inference.attention import create_backend
 from services.inference.attention.base import decode_attention
@@ -88,3 +89,28 @@ def test_calibration_marks_the_heads_that_clustering_hurts_most() -> None:
     worst = divmod(int(errors.argmax()), errors.shape[1])
     assert outliers(errors, share=0.25) == {str(worst[0]): [worst[1]]}
     assert outliers(errors, share=0.04) == {}  # 4% of 4 heads rounds down to none
+
+
+def test_chelsea_hata_selects_among_merged_entries(tmp_path: Path) -> None:
+    save_file(
+        {"layers.0.hash_weight": torch.randn(2, 8, 64)}, str(tmp_path / "h.safetensors"), metadata={"dense_layers": "0"}
+    )
+    keys, values = torch.randn(2, 2000, 8), torch.randn(2, 2000, 8)
+    outputs = {}
+    for hash_budget in (1.0, 0.25):
+        backend = create_backend(
+            "chelsea_hata", weights=str(tmp_path / "h.safetensors"), hash_budget=hash_budget, budget=0.2
+        )
+        cache = SequenceCache.empty(1, 2, 8, torch.float32).layers[0]
+        backend.prefill(0, torch.randn(4, 2000, 8), keys, values, cache)
+        assert cache.extra("hata_codes").shape[1] == cache.length <= 400  # codes follow the merged entries
+        q = keys[[0, 0, 1, 1], 1500][:, None] * 3
+        outputs[hash_budget] = backend.decode(0, q, torch.zeros(2, 1, 8), torch.zeros(2, 1, 8), cache)
+    chelsea = create_backend("chelsea", budget=0.2)
+    cache = SequenceCache.empty(1, 2, 8, torch.float32).layers[0]
+    chelsea.prefill(0, torch.randn(4, 2000, 8), keys, values, cache)
+    reference = chelsea.decode(
+        0, keys[[0, 0, 1, 1], 1500][:, None] * 3, torch.zeros(2, 1, 8), torch.zeros(2, 1, 8), cache
+    )
+    assert torch.allclose(outputs[1.0], reference, atol=1e-5)  # a full hash budget is plain Chelsea
+    assert ((outputs[0.25] - reference).norm(dim=-1) / reference.norm(dim=-1)).max() < 0.5

@@ -12,6 +12,7 @@ BACKENDS = {
     "topk_certified": "services.inference.attention.certified:CertifiedTopKBackend",
     "chelsea": "services.inference.attention.chelsea:ChelseaBackend",
     "hata": "services.inference.attention.hata:HataBackend",
+    "chelsea_hata": "services.inference.attention.chelsea_hata:ChelseaHataBackend",
 }
 
 

@@ -74,7 +74,7 @@ def top_positions_cpu(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def sparse_attention_cpu(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The CPU path of ``kernels.sparse_decode_attention``: q (heads, 1, dim) over the selected keys per KV head.
 
@@ -86,7 +86,7 @@ def sparse_attention_cpu(
     for h in range(kv_heads):  # gathered straight into place: no stacking copy
         torch.index_select(keys[h], 0, indices[h], out=chosen_k[h])
         torch.index_select(values[h], 0, indices[h], out=chosen_v[h])
-    return decode_attention(q, chosen_k, chosen_v)
+    return decode_attention(q, chosen_k, chosen_v, bias=None if bias is None else bias.gather(1, indices))
 
 
 def select_budget(budget: float, n: int) -> int:
@@ -129,7 +129,7 @@ class HataBackend(AttentionBackend):
                     f"{expected} x rbit for layers < {config.num_hidden_layers}"
                 )
 
-    def _hashed(self, layer: int) -> bool:
+    def hashed(self, layer: int) -> bool:
         return layer >= self.dense_layers and layer in self.weights
 
     def _encode_keys(self, layer: int, k: torch.Tensor, cache: LayerCache, start: int) -> None:
@@ -142,7 +142,7 @@ class HataBackend(AttentionBackend):
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         start = cache.length
         cache.append(k, v)
-        if self._hashed(layer):
+        if self.hashed(layer):
             self._encode_keys(layer, k, cache, start)
         return causal_attention(q, cache.keys(), cache.values())
 
@@ -151,7 +151,7 @@ class HataBackend(AttentionBackend):
         start = cache.length
         cache.append(k, v)
         n = cache.length
-        if not self._hashed(layer):
+        if not self.hashed(layer):
             return torch.arange(n, device=k.device).expand(cache.kv_heads, n)
         self._encode_keys(layer, k, cache, start)
         weight = self.weights[layer].to(q.device)
@@ -163,9 +163,9 @@ class HataBackend(AttentionBackend):
         return torch.topk(scores, k_keep, dim=-1).indices if q.is_cuda else top_positions_cpu(scores, k_keep)
 
     def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        if not self._hashed(layer) or select_budget(self.budget, cache.length + 1) >= cache.length + 1:
+        if not self.hashed(layer) or select_budget(self.budget, cache.length + 1) >= cache.length + 1:
             cache.append(k, v)
-            if self._hashed(layer):
+            if self.hashed(layer):
                 self._encode_keys(layer, k, cache, cache.length - 1)
             return decode_attention(q, cache.keys(), cache.values())
         indices = self.propose(layer, q, k, v, cache)

@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-        window.add(float(loss), int((logits.argmax(-1) == targets).sum()), len(targets), batch.tokens.numel())
+        window.add(loss.item(), int((logits.argmax(-1) == targets).sum()), len(targets), batch.tokens.numel())
         tokens_seen += batch.tokens.numel()
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:

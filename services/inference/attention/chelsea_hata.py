@@ -1,0 +1,80 @@
+"""``chelsea_hata``: cluster the cache (Chelsea), then hash-select among the centroids (HATA).
+
+Neither paper combines the two, and cluster-level selection such as ClusterKV does not merge.
+Here clustering shrinks what has to be stored and scanned, and the hash picks, among the
+merged entries and the recent tokens, the few worth attending to: the work per decode step
+falls with both the cache ratio and the hash budget.
+
+A merged entry stands for ``size`` tokens, so its selection score is the hash estimate of its
+logit plus log(size): ‖k‖·mean‖q‖·(group-mean cosine estimate)/√d + log(size). The hash
+codes of merged entries are recomputed after each compression.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import hash_encode_reference, hash_encode_with_norms_reference
+from services.inference.attention.base import decode_attention
+from services.inference.attention.chelsea import ChelseaBackend
+from services.inference.attention.hata import (
+    HataBackend,
+    hamming_score_cpu,
+    select_budget,
+    sparse_attention_cpu,
+    top_positions_cpu,
+)
+from services.inference.config import ModelConfig
+from services.inference.kv_cache import LayerCache
+
+
+class ChelseaHataBackend(ChelseaBackend):
+    name = "chelsea_hata"
+
+    def __init__(
+        self, weights: str | None = None, hash_budget: float = 0.25, budget: float = 0.2, **chelsea: object
+    ) -> None:
+        super().__init__(budget=budget, **chelsea)  # type: ignore[arg-type]
+        self.hata = HataBackend(weights=weights, budget=hash_budget)
+
+    def validate(self, config: ModelConfig) -> None:
+        self.hata.validate(config)
+
+    def _recode(self, layer: int, cache: LayerCache) -> None:
+        if self.hata.hashed(layer):
+            codes, norms = hash_encode_with_norms_reference(cache.keys(), self.hata.weights[layer])
+            cache.write_extra("hata_codes", 0, codes)
+            cache.write_extra("hata_norms", 0, norms.half())
+
+    def compress(self, layer: int, cache: LayerCache, target: int) -> None:
+        before = cache.length
+        super().compress(layer, cache, target)
+        if cache.length != before or "hata_codes" not in cache.extras:
+            self._recode(layer, cache)
+
+    def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        out = super().prefill(layer, q, k, v, cache)
+        self._recode(layer, cache)  # compress() recodes only when it merged something
+        return out
+
+    def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        cache.append(k, v)
+        self._sizes(cache, cache.length - 1, 1)
+        if self.hata.hashed(layer):
+            codes, norms = hash_encode_with_norms_reference(k, self.hata.weights[layer])
+            cache.write_extra("hata_codes", cache.length - 1, codes)
+            cache.write_extra("hata_norms", cache.length - 1, norms.half())
+        target = self._target(self._seen(cache))
+        if cache.length > target + self.interval:
+            self.compress(layer, cache, target)
+        bias = self._bias(cache)
+        keep = select_budget(self.hata.budget, cache.length)
+        if not self.hata.hashed(layer) or keep >= cache.length:
+            return decode_attention(q, cache.keys(), cache.values(), bias=bias)
+        kv_heads, group = cache.kv_heads, q.shape[0] // cache.kv_heads
+        q_codes = hash_encode_reference(q, self.hata.weights[layer]).view(kv_heads, group, -1)
+        cosine_sum = hamming_score_cpu(q_codes, cache.extra("hata_codes"), cache.extra("hata_norms"), self.hata.rbit)
+        q_norm = q.float().norm(dim=-1).view(kv_heads, group).mean(1, keepdim=True)
+        estimate = cosine_sum * q_norm / (group * q.shape[-1] ** 0.5) + bias  # ≈ the entry's logit
+        indices = top_positions_cpu(estimate, keep)
+        return sparse_attention_cpu(q, cache.keys(), cache.values(), indices, bias=bias)
