@@ -116,3 +116,16 @@ def test_cpu_selection_and_sparse_attention_match_the_kernel_references() -> Non
     q, keys, values = torch.randn(8, 1, 16), torch.randn(2, 500, 16), torch.randn(2, 500, 16)
     expected = sparse_decode_attention_reference(q[:, 0], keys, values, chosen)
     assert torch.allclose(sparse_attention_cpu(q, keys, values, chosen)[:, 0], expected, atol=1e-5)
+
+
+def test_oracle_topk_keeps_the_best_keys_and_window_the_ends() -> None:
+    keys, values = torch.randn(KV, 1000, DIM), torch.randn(KV, 1000, DIM)
+    q = keys[:, 400].repeat_interleave(GROUP, 0)[:, None] * 3
+    exact = decode_attention(q, torch.cat([keys, keys[:, :1]], 1), torch.cat([values, values[:, :1]], 1))
+    errors = {}
+    for name in ("oracle_topk", "window"):
+        cache = SequenceCache.empty(1, KV, DIM, torch.float32).layers[0]
+        cache.append(keys, values)
+        out = create_backend(name, budget=0.05).decode(0, q, keys[:, :1], values[:, :1], cache)
+        errors[name] = float(((out - exact).norm(dim=-1) / exact.norm(dim=-1)).max())
+    assert errors["oracle_topk"] < 0.05 < errors["window"]  # the needle at 400 is outside the window

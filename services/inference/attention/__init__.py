@@ -13,6 +13,8 @@ BACKENDS = {
     "chelsea": "services.inference.attention.chelsea:ChelseaBackend",
     "hata": "services.inference.attention.hata:HataBackend",
     "chelsea_hata": "services.inference.attention.chelsea_hata:ChelseaHataBackend",
+    "oracle_topk": "services.inference.attention.baselines:OracleTopKBackend",
+    "window": "services.inference.attention.baselines:WindowBackend",
 }
 
 
