@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "simulator": "loadtests.bench.simulator",
     "inference": "loadtests.bench.inference",
     "attention": "loadtests.bench.attention",
+    "attention_quality": "loadtests.bench.attention_quality",
 }
 
 

@@ -25,6 +25,14 @@ from services.inference.kv_cache import LayerCache
 PAGE = 64
 
 
+def cells_of(keys: torch.Tensor, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre and radius of each whole cell of ``cell`` consecutive keys: keys (..., n, d)."""
+    whole = keys.shape[-2] // cell * cell
+    block = keys[..., :whole, :].reshape(*keys.shape[:-2], whole // cell, cell, keys.shape[-1])
+    centres = block.mean(-2)
+    return centres, torch.linalg.vector_norm(block - centres.unsqueeze(-2), dim=-1).amax(-1)
+
+
 def update_cells(cache: LayerCache) -> None:
     """Centre and radius of every full page of keys (recomputed only for pages not yet summarised)."""
     keys = cache.keys()
@@ -35,11 +43,26 @@ def update_cells(cache: LayerCache) -> None:
     done = cache.summaries["cell_centres"].shape[1]
     if pages == done:
         return
-    block = keys[:, done * PAGE : pages * PAGE].reshape(keys.shape[0], pages - done, PAGE, -1)
-    centres = block.mean(2)
-    radii = torch.linalg.vector_norm(block - centres[:, :, None], dim=-1).amax(-1)
+    centres, radii = cells_of(keys[:, done * PAGE : pages * PAGE], PAGE)
     cache.summaries["cell_centres"] = torch.cat([cache.summaries["cell_centres"], centres], 1)
     cache.summaries["cell_radii"] = torch.cat([cache.summaries["cell_radii"], radii], 1)
+
+
+def kmeans_cells(keys: torch.Tensor, count: int, iters: int = 6, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Content-based cells for keys (n, d) with no positional structure (an encoder's):
+    (assignment (n,), centres (count, d), radii (count,)) from a few Lloyd iterations."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = keys[torch.randperm(keys.shape[0], generator=generator)[:count]].clone()
+    for _ in range(iters):
+        assignment = torch.cdist(keys, centres).argmin(1)
+        for c in range(centres.shape[0]):
+            members = keys[assignment == c]
+            if len(members):
+                centres[c] = members.mean(0)
+    assignment = torch.cdist(keys, centres).argmin(1)
+    distance = torch.linalg.vector_norm(keys - centres[assignment], dim=-1)
+    radii = torch.zeros(centres.shape[0]).scatter_reduce(0, assignment, distance, "amax")
+    return assignment, centres, radii
 
 
 def certified_search(
@@ -49,22 +72,29 @@ def certified_search(
     radii: torch.Tensor,
     epsilon: float,
     candidates: torch.Tensor | None = None,
+    cell: int = PAGE,
+    assignment: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, int]:
-    """One query: (kept key indices, certified τ̂ ≤ ε, keys scored). keys (n, d); centres (C, d) for keys[:C*PAGE]."""
+    """One query: (kept key indices, certified τ̂ ≤ ε, keys scored); keys (n, d), cells (C, d) and (C,).
+
+    Cells are consecutive runs of ``cell`` keys (the cache's pages) unless ``assignment`` (n,)
+    names each key's cell (-1: in no cell). Keys in no cell, and ``candidates``, are scored first.
+    """
     n, dim = keys.shape
     scale = dim**-0.5
-    scored = torch.zeros(n, dtype=torch.bool)
-    logits = torch.full((n,), float("-inf"), dtype=torch.float64)
     cells = centres.shape[0]
-    # Keys past the last full page form no cell: score them up front (they are the recent ones).
-    first = torch.arange(cells * PAGE, n)
+    if assignment is None:
+        assignment = torch.arange(n) // cell
+        assignment[cells * cell :] = -1  # past the last whole page: the recent keys
+    members = [torch.nonzero(assignment == c).squeeze(1) for c in range(cells)]
+    scored = assignment < 0
     if candidates is not None:
-        first = torch.unique(torch.cat([first, candidates]))
-    logits[first] = (keys[first] @ q).double() * scale
-    scored[first] = True
+        scored[candidates] = True
+    logits = torch.full((n,), float("-inf"), dtype=torch.float64)
+    logits[scored] = (keys[scored] @ q).double() * scale
     upper = ((centres @ q) + torch.linalg.vector_norm(q) * radii).double() * scale
     order = torch.argsort(upper, descending=True).tolist()
-    unscored = (~scored[: cells * PAGE]).view(cells, PAGE).sum(1).double() if cells else torch.zeros(0)
+    unscored = torch.bincount(assignment[~scored], minlength=cells).double() if cells else torch.zeros(0)
     visited = 0
     while True:
         known = logits[scored]
@@ -75,21 +105,18 @@ def certified_search(
         needed = (1 - epsilon) * total
         prefix = weights.values.cumsum(0)
         if prefix.numel() and float(prefix[-1]) >= needed:
-            k = int(torch.searchsorted(prefix, torch.tensor(needed, dtype=prefix.dtype))) + 1
-            k = min(k, prefix.numel())
+            k = min(int(torch.searchsorted(prefix, torch.tensor(needed, dtype=prefix.dtype))) + 1, prefix.numel())
             tau_hat = (total - float(prefix[k - 1])) / total
             kept = torch.nonzero(scored).squeeze(1)[weights.indices[:k]]
             return kept, tau_hat, int(scored.sum())
         if visited == cells:  # everything scored: the certificate is exact
-            kept = torch.nonzero(scored).squeeze(1)[weights.indices]
-            return kept, 0.0, n
-        cell = order[visited]
+            return torch.nonzero(scored).squeeze(1)[weights.indices], 0.0, n
+        chosen = order[visited]
         visited += 1
-        span = torch.arange(cell * PAGE, (cell + 1) * PAGE)
-        fresh = span[~scored[span]]
+        fresh = members[chosen][~scored[members[chosen]]]
         logits[fresh] = (keys[fresh] @ q).double() * scale
         scored[fresh] = True
-        unscored[cell] = 0
+        unscored[chosen] = 0
 
 
 class CertifiedTopKBackend(AttentionBackend):
