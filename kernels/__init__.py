@@ -5,8 +5,12 @@ norms), :mod:`kernels.hata_score` (Hamming score per KV head, for top-k) and :mo
 (attention over the selected positions). Importing this package imports Triton. To run the Triton kernels on CPU
 tensors set ``TRITON_INTERPRET=1`` before Triton is first imported anywhere in the process: ``@triton.jit``, also
 inside ``triton.language``, picks interpreter or GPU compiler at import time.
+
+Chelsea KV-cache clustering: :mod:`kernels.chelsea_match` (Chunked Soft Matching: each A token's most cosine-similar
+B token of its chunk).
 """
 
+from .chelsea_match import soft_matching, soft_matching_reference
 from .hata_encode import hash_encode, hash_encode_reference, hash_encode_with_norms, hash_encode_with_norms_reference
 from .hata_score import FORCED_SCORE, hamming_score, hamming_score_reference
 from .hata_sparse_decode import sparse_decode_attention, sparse_decode_attention_reference
@@ -19,6 +23,8 @@ __all__ = [
     "hash_encode_reference",
     "hash_encode_with_norms",
     "hash_encode_with_norms_reference",
+    "soft_matching",
+    "soft_matching_reference",
     "sparse_decode_attention",
     "sparse_decode_attention_reference",
 ]

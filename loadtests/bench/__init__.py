@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "inference": "loadtests.bench.inference",
     "attention": "loadtests.bench.attention",
     "attention_quality": "loadtests.bench.attention_quality",
+    "retrieval": "loadtests.bench.retrieval",
 }
 
 

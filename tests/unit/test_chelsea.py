@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from kernels import soft_matching_reference as soft_matching
 from services.inference.attention import create_backend
 from services.inference.attention.base import decode_attention
-from services.inference.attention.chelsea import merge_round, soft_matching
+from services.inference.attention.chelsea import merge_round
 from services.inference.chelsea_calibrate import head_errors, outliers
 from services.inference.config import ModelConfig
 from services.inference.kv_cache import SequenceCache

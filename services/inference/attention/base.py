@@ -17,6 +17,11 @@ class AttentionBackend(ABC):
         """Raise ValueError if this backend cannot serve a model of this shape (checked before any request runs)."""
         return  # most backends serve any shape
 
+    def adopt(self, layer: int, cache: LayerCache) -> None:
+        """Take over a cache that holds exact K/V (a dense prefill, a shared prefix): build this
+        backend's own state for it, as if it had run the prefill itself."""
+        return  # backends that keep nothing beside K/V have nothing to build
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Append k, v to ``cache`` and attend: q (heads, tokens, dim), k/v (kv_heads, tokens, dim).
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from services.inference.attention.base import AttentionBackend, causal_attention, decode_attention
+from services.inference.config import ModelConfig
 from services.inference.kv_cache import LayerCache
 
 PAGE = 64
@@ -135,6 +136,14 @@ class CertifiedTopKBackend(AttentionBackend):
             from services.inference.attention import create_backend
 
             self.proposer = create_backend(candidates, **candidate_options)
+
+    def adopt(self, layer: int, cache: LayerCache) -> None:
+        if self.proposer is not None:
+            self.proposer.adopt(layer, cache)
+
+    def validate(self, config: ModelConfig) -> None:
+        if self.proposer is not None:
+            self.proposer.validate(config)
 
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         if self.proposer is not None:

@@ -5,7 +5,8 @@ Nearby keys are highly similar, so the cache can merge them instead of evicting 
 - the keys between the attention sinks and the recent window are cut into chunks of ``chunk``
   tokens; inside a chunk, tokens alternate between sets A and B, and each A token is matched
   to its most cosine-similar B token (the alternating split is the optimal one when similarity
-  falls convexly with distance, the paper's Theorem 6.1);
+  falls convexly with distance, the paper's Theorem 6.1) — ``kernels.chelsea_match``, the
+  Triton kernel on a GPU and its PyTorch reference on the CPU;
 - the most similar edges are kept (as many as the round must remove; the rest are pruned) and
   each A token merges into its B token: K and V become size-weighted means, sizes add up;
 - at attention time a merged entry's logit gets + log(size), so it weighs as the tokens it
@@ -25,42 +26,19 @@ from pathlib import Path
 
 import torch
 
+from kernels import soft_matching, soft_matching_reference
 from services.inference.attention.base import AttentionBackend, causal_attention, decode_attention
 from services.inference.kv_cache import LayerCache
 
 OUTLIERS_FILE = "chelsea_outliers.json"
 
 
-def soft_matching(keys: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Chunked Soft Matching, per head: keys (heads, n, d) -> (a_index, b_index, similarity), each (heads, n//2).
-
-    Token 2i+1 (set A) of a chunk is matched to the most cosine-similar even token (set B) of the
-    same chunk. n is cut to whole pairs; a trailing partial chunk is matched within itself.
-    """
-    heads, n, dim = keys.shape
-    n -= n % 2
-    normed = torch.nn.functional.normalize(keys[:, :n].float(), dim=-1)
-    pad = (-n) % chunk
-    if pad:  # a partial last chunk: pad, and never let a padding B be chosen
-        normed = torch.cat([normed, normed.new_zeros(heads, pad, dim)], 1)
-    blocks = normed.view(heads, -1, chunk // 2, 2, dim)
-    b_keys, a_keys = blocks[..., 0, :], blocks[..., 1, :]
-    cosine = a_keys @ b_keys.transpose(-1, -2)  # (heads, chunks, chunk/2 A, chunk/2 B)
-    b_position = (torch.arange(blocks.shape[1])[:, None] * chunk + 2 * torch.arange(chunk // 2))[:, None, :]
-    cosine = cosine.masked_fill(b_position >= n, float("-inf"))
-    similarity, best = cosine.max(-1)  # (heads, chunks, chunk/2)
-    offsets = torch.arange(blocks.shape[1])[:, None] * chunk
-    a_index = (offsets + 2 * torch.arange(chunk // 2) + 1).flatten()
-    b_index = (offsets + 2 * best).flatten(1)
-    valid = a_index < n
-    return a_index[valid].expand(heads, -1), b_index[:, valid], similarity.flatten(1)[:, valid]
-
-
 def merge_round(
     k: torch.Tensor, v: torch.Tensor, size: torch.Tensor, merges: int, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Remove ``merges`` entries per head by merging the most similar matched pairs (size-weighted)."""
-    a_index, b_index, similarity = soft_matching(k, chunk)
+    match = soft_matching if k.is_cuda else soft_matching_reference
+    a_index, b_index, similarity = match(k, chunk)
     merges = min(merges, a_index.shape[1])
     keep_edges = torch.topk(similarity, merges, dim=-1).indices  # prune the low-similarity edges
     a = a_index.gather(1, keep_edges)
@@ -109,6 +87,10 @@ class ChelseaBackend(AttentionBackend):
 
     def _target(self, seen: int) -> int:
         return int(self.budget * seen) if self.budget <= 1 else int(self.budget)
+
+    def adopt(self, layer: int, cache: LayerCache) -> None:
+        self._sizes(cache, 0, cache.length)
+        self.compress(layer, cache, self._target(cache.length))
 
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         start = cache.length

@@ -52,6 +52,10 @@ class ChelseaHataBackend(ChelseaBackend):
         if cache.length != before or "hata_codes" not in cache.extras:
             self._recode(layer, cache)
 
+    def adopt(self, layer: int, cache: LayerCache) -> None:
+        super().adopt(layer, cache)
+        self._recode(layer, cache)
+
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         out = super().prefill(layer, q, k, v, cache)
         self._recode(layer, cache)  # compress() recodes only when it merged something

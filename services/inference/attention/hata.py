@@ -139,6 +139,10 @@ class HataBackend(AttentionBackend):
         cache.write_extra("hata_codes", start, codes)
         cache.write_extra("hata_norms", start, norms.half())  # 2 B per token, as HATA stores them
 
+    def adopt(self, layer: int, cache: LayerCache) -> None:
+        if self.hashed(layer):
+            self._encode_keys(layer, cache.keys(), cache, 0)
+
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         start = cache.length
         cache.append(k, v)

@@ -135,11 +135,11 @@ def init_circuit(model: Transformer, generator: torch.Generator, retrieval_head:
         reach = float(model.model.layers[0].input_layernorm(embed)[:, shared].mean())  # after RMSNorm
 
     frequencies = model.rotary.inv_freq
-    fast = frequencies > 2 * math.pi / 2048
+    fast = int((frequencies > 2 * math.pi / 2048).sum())
     weight = torch.zeros(hd // 2)
     weight[0] = 0.5
-    weight[1 : int(fast.sum())] = 0.5 / (int(fast.sum()) - 1)
-    margin = 16.0  # logits between the previous token and any other, enough for 16K distractors
+    weight[1:fast] = 0.5 / (fast - 1)
+    margin = 16.0  # aimed-for score gap (logits) between the previous token and any other: beats 16K distractors
     amplitude = margin * math.sqrt(hd) / 0.2
     kappa = torch.cat([(amplitude * weight).sqrt(), torch.zeros(hd // 2)])
     previous = model.model.layers[0].self_attn
@@ -158,7 +158,7 @@ def init_circuit(model: Transformer, generator: torch.Generator, retrieval_head:
     slow = (frequencies * config.max_position_embeddings <= 1.0).nonzero().flatten()
     dims = torch.cat([slow, slow + hd // 2])
     project = torch.linalg.qr(torch.randn(half - 1, len(dims), generator=generator)).Q.T  # orthonormal rows
-    gain = math.sqrt(20.0 * math.sqrt(hd) / len(dims))  # a match scores about 20 logits over a random pair
+    gain = math.sqrt(20.0 * math.sqrt(hd) / len(dims))  # the matching key scores about 14 logits, others 0 ± 3
     retrieval = model.model.layers[1].self_attn
     with torch.no_grad():
         retrieval.q_proj.weight[:hd] = 0.0
