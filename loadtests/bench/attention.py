@@ -52,6 +52,7 @@ def run() -> dict:
     torch.set_num_threads(int(os.environ.get("FAULTLINE_BENCH_THREADS", "1")))
     torch.manual_seed(0)
     results: dict[str, dict[int, float]] = {"dense": {}, "hata": {}, "chelsea": {}, "chelsea_hata": {}}
+    memory: dict[int, dict[str, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "hata.safetensors"
         hash_weight = torch.randn(KV_HEADS, DIM, RBIT)
@@ -87,6 +88,12 @@ def run() -> dict:
             )
             for name, ms in timed.items():
                 results[name][n] = ms
+            memory[n] = {
+                "dense": _cache(keys, values).nbytes(),
+                "hata": hashed.nbytes(),
+                "chelsea": clustered.nbytes(),
+                "chelsea_hata": both.nbytes(),
+            }
             print(
                 f"  {n:>7} tokens: dense {results['dense'][n]:8.2f} ms | "
                 f"hata@{BUDGET:.0%} {results['hata'][n]:7.2f} ms "
@@ -95,6 +102,11 @@ def run() -> dict:
                 f"both {results['chelsea_hata'][n]:6.2f} ms ({results['dense'][n] / results['chelsea_hata'][n]:5.1f}x)",
                 flush=True,
             )
+    for n, held in memory.items():
+        print(
+            f"  KV memory at {n:>7} tokens (fp32, one layer): "
+            + ", ".join(f"{name} {b / 2**20:.1f} MiB ({b / held['dense'] - 1:+.1%})" for name, b in held.items())
+        )
     plot = RESULTS / "attention_decode_vs_context.png"
     _plot(results, plot)
     code_bytes, norm_bytes, key_bytes = RBIT // 8, 2, DIM * 2
@@ -109,6 +121,7 @@ def run() -> dict:
         "hata_budget": BUDGET,
         "chelsea_budget": CHELSEA_BUDGET,
         "decode_attention_ms": results,
+        "kv_bytes_one_layer": memory,
         "speedup_vs_dense": {
             name: {n: results["dense"][n] / t for n, t in times.items()} for name, times in results.items()
         },

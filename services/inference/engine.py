@@ -39,6 +39,10 @@ TTFT = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 KV_BYTES = Gauge("faultline_inference_kv_cache_bytes", "Bytes held by the KV caches of running requests")
+KV_DENSE_BYTES = Gauge(
+    "faultline_inference_kv_cache_dense_equivalent_bytes",
+    "Bytes the running requests' caches would hold with dense attention (before any compression)",
+)
 FINISHED = Counter("faultline_inference_requests_total", "Finished requests", ["finish_reason"])
 
 
@@ -126,6 +130,11 @@ class _Sequence:
     @property
     def decoding(self) -> bool:
         return self.prefilled == len(self.prompt)
+
+    def dense_equivalent_bytes(self) -> int:
+        """What this sequence's cache would hold uncompressed: every token seen, K and V only."""
+        seen = self.prefilled + max(0, len(self.output) - 1)
+        return seen * sum(layer.kv_bytes_per_token() for layer in self.cache.layers)
 
 
 @dataclass(frozen=True)
@@ -281,6 +290,7 @@ class Engine:
                 self._emit(seq, sample(row, seq.params, seq.generator))
         RUNNING.set(len(self._running))
         KV_BYTES.set(sum(s.cache.nbytes() for s in self._running))
+        KV_DENSE_BYTES.set(sum(s.dense_equivalent_bytes() for s in self._running))
         return len(tokens)
 
     def _emit(self, seq: _Sequence, token: int) -> None:
@@ -342,6 +352,7 @@ class Engine:
             "waiting": len(self._waiting),
             "running": len(self._running),
             "kv_cache_bytes": sum(s.cache.nbytes() for s in self._running),
+            "kv_cache_dense_equivalent_bytes": sum(s.dense_equivalent_bytes() for s in self._running),
             "generated_tokens": self.generated_tokens,
             "peak_batch": self.peak_batch,
         }

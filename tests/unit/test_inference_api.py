@@ -240,6 +240,7 @@ def test_health_and_metrics(server: dict[str, str]) -> None:
         "faultline_inference_time_to_first_token_seconds",
         "faultline_inference_queue_length",
         "faultline_inference_kv_cache_bytes",
+        "faultline_inference_kv_cache_dense_equivalent_bytes",
     ):
         assert name in metrics
 
