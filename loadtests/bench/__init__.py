@@ -26,6 +26,28 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
+def loglog_plot(series: dict[str, dict[int, float]], path: Path, ylabel: str, title: str) -> Path:
+    """One line per series against context length, log-log: how every benchmark here shows scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        xs = sorted(points)
+        ax.loglog(xs, [points[x] for x in xs], "o-", label=label)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def machine() -> str:
     import os
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from kernels import hash_encode_with_norms_reference
-from loadtests.bench import RESULTS
+from loadtests.bench import RESULTS, loglog_plot
 from services.inference.attention import create_backend
 from services.inference.kv_cache import LayerCache
 
@@ -107,8 +107,12 @@ def run() -> dict:
             f"  KV memory at {n:>7} tokens (fp32, one layer): "
             + ", ".join(f"{name} {b / 2**20:.1f} MiB ({b / held['dense'] - 1:+.1%})" for name, b in held.items())
         )
-    plot = RESULTS / "attention_decode_vs_context.png"
-    _plot(results, plot)
+    plot = loglog_plot(
+        results,
+        RESULTS / "attention_decode_vs_context.png",
+        "decode attention, one layer (ms)",
+        "8 q / 2 kv heads, head_dim 128, fp32, CPU 1 thread",
+    )
     code_bytes, norm_bytes, key_bytes = RBIT // 8, 2, DIM * 2
     print(
         f"  bytes read to score a key: HATA {code_bytes + norm_bytes} B (code + fp16 norm) vs a dense fp16 key "
@@ -129,22 +133,3 @@ def run() -> dict:
         "dense_fp16_bytes_per_key": key_bytes,
         "plot": str(plot),
     }
-
-
-def _plot(results: dict[str, dict[int, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, times in results.items():
-        lengths = sorted(times)
-        ax.loglog(lengths, [times[n] for n in lengths], "o-", label=name)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("decode attention, one layer (ms)")
-    ax.set_title("8 q / 2 kv heads, head_dim 128, fp32, CPU 1 thread")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from loadtests.bench import RESULTS
+from loadtests.bench import RESULTS, loglog_plot
 from services.inference.attention import create_backend
 from services.inference.engine import Engine, EngineSettings
 from services.inference.kv_cache import SequenceCache
@@ -92,25 +92,6 @@ def decode_step_times(model, contexts: list[int]) -> dict[int, dict[str, float]]
     return out
 
 
-def _plot(times: dict[int, dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lengths = sorted(times)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.loglog(lengths, [times[n]["step_ms"] for n in lengths], "o-", label="decode step (4 layers)")
-    ax.loglog(lengths, [times[n]["attention_ms"] for n in lengths], "s--", label="attention, one layer")
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("ms")
-    ax.set_title("dense backend, llama3-8b-like shape, CPU")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def run() -> dict:
     from transformers import LlamaForCausalLM
 
@@ -140,8 +121,15 @@ def run() -> dict:
     ttft = (statistics.median(t for t, _ in ours), statistics.median(t for t, _ in theirs))
     tps = (statistics.median(r for _, r in ours), statistics.median(r for _, r in theirs))
     contexts = decode_step_times(model, CONTEXTS)
-    plot = RESULTS / "inference_decode_vs_context.png"
-    _plot(contexts, plot)
+    plot = loglog_plot(
+        {
+            "decode step (4 layers)": {n: t["step_ms"] for n, t in contexts.items()},
+            "attention, one layer": {n: t["attention_ms"] for n, t in contexts.items()},
+        },
+        RESULTS / "inference_decode_vs_context.png",
+        "ms",
+        "dense backend, llama3-8b-like shape, CPU",
+    )
     print(f"  {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, greedy, fp32, batch 1, medians of {REPEATS}:")
     print(
         f"  TTFT: engine {ttft[0] * 1e3:.1f} ms vs transformers {ttft[1] * 1e3:.1f} ms (ratio {ttft[1] / ttft[0]:.2f}x)"

@@ -1,30 +1,15 @@
 """Chelsea Chunked Soft Matching: the Triton kernel (run by the Triton interpreter on CPU tensors) against its
 PyTorch reference, both against planted matches and a float64 brute force, plus semantic checks."""
 
-import os
 from collections.abc import Callable
-
-# Must precede the first import of triton: @triton.jit picks interpreter or GPU compiler when a kernel is defined.
-os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="triton is not installed")
-
-import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
-
-# triton.language itself (tl.sum, tl.max, ...) is made of @triton.jit functions, fixed for a GPU when triton was
-# imported before TRITON_INTERPRET was set above; then nothing here can run on CPU tensors.
-if not isinstance(tl.sum, InterpretedFunction):
-    pytest.skip(
-        "triton was imported (by an earlier test module) before TRITON_INTERPRET=1 was set; set it before the "
-        "first import of triton, e.g. at the top of tests/conftest.py",
-        allow_module_level=True,
-    )
-
 from kernels import soft_matching, soft_matching_reference
+from tests.unit.triton_interpreter import require_interpreter
+
+require_interpreter()
 
 BOTH = [soft_matching, soft_matching_reference]
 Matcher = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]

@@ -2,28 +2,10 @@
 plus semantic checks of the references (the hash score ranks keys like q·k; sparse decode is attention)."""
 
 import math
-import os
 from collections.abc import Callable
-
-# Must precede the first import of triton: @triton.jit picks interpreter or GPU compiler when a kernel is defined.
-os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
-
-pytest.importorskip("triton", reason="triton is not installed")
-
-import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
-
-# triton.language itself (tl.sum, tl.max, ...) is made of @triton.jit functions, fixed for a GPU when triton was
-# imported before TRITON_INTERPRET was set above; then nothing here can run on CPU tensors.
-if not isinstance(tl.sum, InterpretedFunction):
-    pytest.skip(
-        "triton was imported (by an earlier test module) before TRITON_INTERPRET=1 was set; set it before the "
-        "first import of triton, e.g. at the top of tests/conftest.py",
-        allow_module_level=True,
-    )
 
 from kernels import (
     hamming_score,
@@ -35,6 +17,9 @@ from kernels import (
     sparse_decode_attention,
     sparse_decode_attention_reference,
 )
+from tests.unit.triton_interpreter import require_interpreter
+
+require_interpreter()
 
 LENGTHS = [1, 7, 33, 257, 1000]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
