@@ -71,6 +71,7 @@ def attention_summary(stats: dict[str, float]) -> dict[str, float]:
         out["tv_mean"] = stats["tv_sum"] / stats["tv_count"]
     if stats.get("keys_total"):
         out["keys_scored_fraction"] = stats["keys_scored"] / stats["keys_total"]
+        out["keys_kept_fraction"] = stats["keys_kept"] / stats["keys_total"]  # k/n
     return out
 
 

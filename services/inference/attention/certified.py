@@ -161,7 +161,7 @@ class CertifiedTopKBackend(AttentionBackend):
         heads, kv_heads = q.shape[0], keys.shape[0]
         group = heads // kv_heads
         out = torch.empty_like(q)
-        taus, scored = [], 0
+        taus, scored, kept_total = [], 0, 0
         if self.mode == "search":
             update_cells(cache)
         for h in range(heads):
@@ -184,10 +184,12 @@ class CertifiedTopKBackend(AttentionBackend):
             out[h] = decode_attention(q[h : h + 1], keys[kv : kv + 1, kept], values[kv : kv + 1, kept])[0]
             taus.append(max(tau, 0.0))
             scored += count
+            kept_total += len(kept)
         stats = cache.stats
         stats["tv_max"] = max(stats.get("tv_max", 0.0), max(taus))
         stats["tv_sum"] = stats.get("tv_sum", 0.0) + sum(taus)
         stats["tv_count"] = stats.get("tv_count", 0.0) + len(taus)
         stats["keys_scored"] = stats.get("keys_scored", 0.0) + scored
+        stats["keys_kept"] = stats.get("keys_kept", 0.0) + kept_total
         stats["keys_total"] = stats.get("keys_total", 0.0) + heads * keys.shape[1]
         return out
