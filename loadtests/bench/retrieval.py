@@ -45,7 +45,13 @@ def configurations(checkpoint: Path) -> dict[str, dict[str, object]]:
     for budget in (0.2, 0.1):
         configs[f"chelsea@{budget:.0%}"] = {"backend": "chelsea", "budget": budget, **saved.get("chelsea", {})}
         configs[f"window@{budget:.0%}"] = {"backend": "window", "budget": budget}
-    configs["chelsea_hata@20%x15%"] = {"backend": "chelsea_hata", "budget": 0.2, "hash_budget": 0.15, **hata}
+    configs["chelsea_hata@20%x15%"] = {
+        "backend": "chelsea_hata",
+        "budget": 0.2,
+        "hash_budget": 0.15,
+        **hata,
+        **saved.get("chelsea", {}),
+    }
     configs["certified@eps0.01"] = {"backend": "topk_certified", "tv_budget": 0.01}
     configs["certified@eps0.001"] = {"backend": "topk_certified", "tv_budget": 0.001}
     configs["certified_search+hata@eps0.01"] = {
@@ -82,6 +88,8 @@ def run() -> dict:
     torch.set_num_threads(int(os.environ.get("FAULTLINE_BENCH_THREADS", "1")))
     model = load_model(CHECKPOINT)
     configs = configurations(CHECKPOINT)
+    if only := os.environ.get("FAULTLINE_BENCH_CONFIGS"):  # e.g. "dense,chelsea": names starting with these
+        configs = {name: c for name, c in configs.items() if name.startswith(tuple(only.split(",")))}
     backends = {
         name: create_backend(**{"name": c["backend"], **{k: v for k, v in c.items() if k != "backend"}})
         for name, c in configs.items()
@@ -136,7 +144,7 @@ def run() -> dict:
             f"decode {result['decode_step_ms_median'][name]:.1f} ms vs oracle_topk@3.0% "
             f"{result['decode_step_ms_median']['oracle_topk@3.0%']:.1f} ms"
         )
-    _plot(accuracy, RESULTS / "retrieval_accuracy.png")
+    _plot(accuracy, RESULTS / f"retrieval_accuracy{'_' + only if only else ''}.png")
     print(f"  command: {COMMAND}")
     return result
 

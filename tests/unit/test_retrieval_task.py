@@ -95,9 +95,13 @@ def test_tokenizer_round_trips_the_text_form(tmp_path: Path) -> None:
 def test_committed_checkpoint_retrieves_at_4k_with_dense_attention() -> None:
     from services.inference.weights import load_model
 
-    torch.set_num_threads(2)
     model = load_model(CHECKPOINT)
     tokenizer = Tokenizer.from_file(str(CHECKPOINT / "tokenizer.json"))
     prompt = next(retrieval_prompts(4096, 1, seed=11))
     assert tokenizer.encode(prompt.text()).ids == prompt.tokens
-    assert evaluate(model, [4096], n=20, seed=11)[4096] >= 0.95
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 4K prompt is too small to gain from more, and loses under contention
+    try:
+        assert evaluate(model, [4096], n=20, seed=11)[4096] >= 0.95
+    finally:
+        torch.set_num_threads(threads)
