@@ -130,11 +130,14 @@ class _Sequence:
 
     @property
     def decoding(self) -> bool:
-        return self.prefilled == len(self.prompt)
+        # The last prompt token goes through a decode step, not the prefill: the first answer
+        # token then comes from the request's attention backend like every later one (sparse
+        # backends approximate decode only).
+        return self.prefilled == len(self.prompt) - 1
 
     def dense_equivalent_bytes(self) -> int:
         """What this sequence's cache would hold uncompressed: every token seen, K and V only."""
-        seen = self.prefilled + max(0, len(self.output) - 1)
+        seen = self.prefilled + len(self.output)  # each emitted token came from one decode step
         return seen * sum(layer.kv_bytes_per_token() for layer in self.cache.layers)
 
 
@@ -261,33 +264,31 @@ class Engine:
         tokens: list[int] = []
         positions: list[int] = []
         segments: list[Segment] = []
-        sampled: list[_Sequence] = []
+        sampled: list[_Sequence | None] = []
         budget = self.settings.prefill_chunk
         for seq in self._running:
-            if seq.decoding:
-                new = [seq.output[-1]] if seq.output else []
-                if not new:
-                    continue
+            decode = seq.decoding
+            if decode:
+                new = [seq.output[-1] if seq.output else seq.prompt[-1]]
             else:
-                count = min(len(seq.prompt) - seq.prefilled, budget)
+                count = min(len(seq.prompt) - 1 - seq.prefilled, budget)
                 if count == 0:
                     continue
                 budget -= count
                 new = seq.prompt[seq.prefilled : seq.prefilled + count]
+                seq.prefilled += count
+                PROMPT_TOKENS.inc(count)
             start = seq.cache.length
             segments.append(Segment(seq.cache, len(tokens), len(new), seq.backend))
             tokens += new
             positions += range(start, start + len(new))
-            if not seq.decoding:
-                seq.prefilled += len(new)
-                PROMPT_TOKENS.inc(len(new))
-            sampled.append(seq)
+            sampled.append(seq if decode else None)
         if not segments:
             return 0
         self.peak_batch = max(self.peak_batch, len(segments))
         logits = self.model.forward_packed(torch.tensor(tokens), torch.tensor(positions), segments)
         for seq, row in zip(sampled, logits, strict=True):
-            if seq.decoding:  # a prefill chunk that ends mid-prompt samples nothing
+            if seq is not None:  # prefill chunks sample nothing
                 self._emit(seq, sample(row, seq.params, seq.generator))
         RUNNING.set(len(self._running))
         KV_BYTES.set(sum(s.cache.nbytes() for s in self._running))

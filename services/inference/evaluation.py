@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from services.inference.engine import Engine, EngineSettings
+from services.inference.main import saved_backend_options
 from services.inference.sampling import SamplingParams
 from services.inference.tokenizer import Tokenizer
 from services.inference.weights import load_model
@@ -38,7 +39,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--attention", default="{}", help='JSON, e.g. {"backend": "hata", "budget": 0.03}')
     args = parser.parse_args(argv)
     model = load_model(args.model)
-    engine = Engine(model, Tokenizer(args.model), EngineSettings(max_batch_size=1, max_context=1 << 20))
+    settings = EngineSettings(max_batch_size=1, max_context=1 << 20, backend_options=saved_backend_options(args.model))
+    engine = Engine(model, Tokenizer(args.model), settings)
     engine.start()
     try:
         accuracy = evaluate(

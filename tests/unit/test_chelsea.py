@@ -14,9 +14,13 @@ from services.inference.attention.base import decode_attention
 from services.inference.attention.chelsea import merge_round
 from services.inference.chelsea_calibrate import head_errors, outliers
 from services.inference.config import ModelConfig
+from services.inference.engine import Engine, EngineSettings
 from services.inference.kv_cache import SequenceCache
 from services.inference.model import Transformer
-from services.inference.shapes import SHAPES
+from services.inference.sampling import SamplingParams
+from services.inference.shapes import SHAPES, make_random_checkpoint
+from services.inference.tokenizer import Tokenizer
+from services.inference.weights import load_model
 
 
 def test_odd_tokens_match_even_tokens_of_their_own_chunk() -> None:
@@ -115,3 +119,16 @@ def test_chelsea_hata_selects_among_merged_entries(tmp_path: Path) -> None:
     )
     assert torch.allclose(outputs[1.0], reference, atol=1e-5)  # a full hash budget is plain Chelsea
     assert ((outputs[0.25] - reference).norm(dim=-1) / reference.norm(dim=-1)).max() < 0.5
+
+
+def test_engine_reports_held_and_dense_equivalent_kv_bytes(tmp_path: Path) -> None:
+    path = make_random_checkpoint("tiny", tmp_path / "m", max_context=4096)
+    engine = Engine(load_model(path), Tokenizer(path), EngineSettings(max_batch_size=1))
+    params = SamplingParams(
+        max_tokens=3, temperature=0, ignore_eos=True, attention={"backend": "chelsea", "budget": 0.2}
+    )
+    engine.submit(list(range(5, 400)) * 3, params)
+    while not engine._running or engine._running[0].output == []:  # through prefill to the first token
+        engine.step()
+    stats = engine.stats()
+    assert stats["kv_cache_bytes"] < 0.3 * stats["kv_cache_dense_equivalent_bytes"]  # ~80% held back
