@@ -100,25 +100,22 @@ class Scoped(Generic[T]):
         return str(self.resource.get("service.name", ""))
 
 
+def _walk(groups: Any, scopes: str, items: str) -> Iterator[Scoped[Any]]:
+    """Resource → scope → item, the nesting every OTLP signal shares."""
+    for group in groups:
+        resource = attributes(group.resource.attributes)
+        for scoped in getattr(group, scopes):
+            for item in getattr(scoped, items):
+                yield Scoped(resource, scoped.scope.name, item)
+
+
 def iter_spans(request: ExportTraceServiceRequest) -> Iterator[Scoped[Span]]:
-    for resource_spans in request.resource_spans:
-        resource = attributes(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                yield Scoped(resource, scope_spans.scope.name, span)
+    return _walk(request.resource_spans, "scope_spans", "spans")
 
 
 def iter_metrics(request: ExportMetricsServiceRequest) -> Iterator[Scoped[Metric]]:
-    for resource_metrics in request.resource_metrics:
-        resource = attributes(resource_metrics.resource.attributes)
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                yield Scoped(resource, scope_metrics.scope.name, metric)
+    return _walk(request.resource_metrics, "scope_metrics", "metrics")
 
 
 def iter_logs(request: ExportLogsServiceRequest) -> Iterator[Scoped[LogRecord]]:
-    for resource_logs in request.resource_logs:
-        resource = attributes(resource_logs.resource.attributes)
-        for scope_logs in resource_logs.scope_logs:
-            for record in scope_logs.log_records:
-                yield Scoped(resource, scope_logs.scope.name, record)
+    return _walk(request.resource_logs, "scope_logs", "log_records")
