@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from kernels import hash_encode_with_norms_reference
 from loadtests.bench import RESULTS, loglog_plot
 from services.inference.attention import create_backend
 from services.inference.kv_cache import LayerCache
@@ -55,8 +54,8 @@ def run() -> dict:
     memory: dict[int, dict[str, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "hata.safetensors"
-        hash_weight = torch.randn(KV_HEADS, DIM, RBIT)
-        save_file({"layers.1.hash_weight": hash_weight}, str(weights), metadata={"dense_layers": "1"})
+        hash_weight = {"layers.1.hash_weight": torch.randn(KV_HEADS, DIM, RBIT)}  # random: timing needs only shapes
+        save_file(hash_weight, str(weights), metadata={"dense_layers": "1"})
         backends = {
             "dense": create_backend("dense"),
             "hata": create_backend("hata", weights=str(weights), budget=BUDGET),
@@ -68,16 +67,11 @@ def run() -> dict:
         }
         for n in CONTEXTS:
             keys, values = torch.randn(KV_HEADS, n, DIM), torch.randn(KV_HEADS, n, DIM)
-            hashed = _cache(keys, values)
-            codes, norms = hash_encode_with_norms_reference(keys, hash_weight)
-            hashed.write_extra("hata_codes", 0, codes)
-            hashed.write_extra("hata_norms", 0, norms.half())
-            clustered = _cache(keys, values)
-            clustered.write_extra("chelsea_size", 0, torch.ones(KV_HEADS, n))
-            backends["chelsea"].compress(1, clustered, int(CHELSEA_BUDGET * n))
-            both = _cache(keys, values)
-            both.write_extra("chelsea_size", 0, torch.ones(KV_HEADS, n))
-            backends["chelsea_hata"].compress(1, both, int(CHELSEA_BUDGET * n))
+            # Each backend takes over a dense cache as it would hold it after its own prefill.
+            hashed, clustered, both = _cache(keys, values), _cache(keys, values), _cache(keys, values)
+            backends["hata"].adopt(1, hashed)
+            backends["chelsea"].adopt(1, clustered)
+            backends["chelsea_hata"].adopt(1, both)
             timed = _time(
                 {
                     "dense": (backends["dense"], _cache(keys, values)),

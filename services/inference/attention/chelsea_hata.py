@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import hash_encode_reference, hash_encode_with_norms_reference
+from kernels import hash_encode_reference
 from services.inference.attention.base import decode_attention
 from services.inference.attention.chelsea import ChelseaBackend
 from services.inference.attention.hata import (
@@ -42,19 +42,14 @@ class ChelseaHataBackend(ChelseaBackend):
 
     def _recode(self, layer: int, cache: LayerCache) -> None:
         if self.hata.hashed(layer):
-            codes, norms = hash_encode_with_norms_reference(cache.keys(), self.hata.weights[layer])
-            cache.write_extra("hata_codes", 0, codes)
-            cache.write_extra("hata_norms", 0, norms.half())
+            self.hata.encode_keys(layer, cache.keys(), cache, 0)
 
     def compress(self, layer: int, cache: LayerCache, target: int) -> None:
+        """Merge as Chelsea does, then recode the merged entries (also covers adopt(), which compresses)."""
         before = cache.length
         super().compress(layer, cache, target)
         if cache.length != before or "hata_codes" not in cache.extras:
             self._recode(layer, cache)
-
-    def adopt(self, layer: int, cache: LayerCache) -> None:
-        super().adopt(layer, cache)
-        self._recode(layer, cache)
 
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         out = super().prefill(layer, q, k, v, cache)
@@ -65,9 +60,7 @@ class ChelseaHataBackend(ChelseaBackend):
         cache.append(k, v)
         self._sizes(cache, cache.length - 1, 1)
         if self.hata.hashed(layer):
-            codes, norms = hash_encode_with_norms_reference(k, self.hata.weights[layer])
-            cache.write_extra("hata_codes", cache.length - 1, codes)
-            cache.write_extra("hata_norms", cache.length - 1, norms.half())
+            self.hata.encode_keys(layer, k, cache, cache.length - 1)
         target = self._target(self._seen(cache))
         if cache.length > target + self.interval:
             self.compress(layer, cache, target)

@@ -132,7 +132,7 @@ class HataBackend(AttentionBackend):
     def hashed(self, layer: int) -> bool:
         return layer >= self.dense_layers and layer in self.weights
 
-    def _encode_keys(self, layer: int, k: torch.Tensor, cache: LayerCache, start: int) -> None:
+    def encode_keys(self, layer: int, k: torch.Tensor, cache: LayerCache, start: int) -> None:
         weight = self.weights[layer].to(k.device)
         encode = hash_encode_with_norms if k.is_cuda else hash_encode_with_norms_reference
         codes, norms = encode(k, weight)
@@ -141,13 +141,13 @@ class HataBackend(AttentionBackend):
 
     def adopt(self, layer: int, cache: LayerCache) -> None:
         if self.hashed(layer):
-            self._encode_keys(layer, cache.keys(), cache, 0)
+            self.encode_keys(layer, cache.keys(), cache, 0)
 
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         start = cache.length
         cache.append(k, v)
         if self.hashed(layer):
-            self._encode_keys(layer, k, cache, start)
+            self.encode_keys(layer, k, cache, start)
         return causal_attention(q, cache.keys(), cache.values())
 
     def propose(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
@@ -157,7 +157,7 @@ class HataBackend(AttentionBackend):
         n = cache.length
         if not self.hashed(layer):
             return torch.arange(n, device=k.device).expand(cache.kv_heads, n)
-        self._encode_keys(layer, k, cache, start)
+        self.encode_keys(layer, k, cache, start)
         weight = self.weights[layer].to(q.device)
         encode = hash_encode if q.is_cuda else hash_encode_reference
         q_codes = encode(q, weight).view(cache.kv_heads, -1, self.rbit // 32)  # heads grouped by KV head
@@ -170,7 +170,7 @@ class HataBackend(AttentionBackend):
         if not self.hashed(layer) or select_budget(self.budget, cache.length + 1) >= cache.length + 1:
             cache.append(k, v)
             if self.hashed(layer):
-                self._encode_keys(layer, k, cache, cache.length - 1)
+                self.encode_keys(layer, k, cache, cache.length - 1)
             return decode_attention(q, cache.keys(), cache.values())
         indices = self.propose(layer, q, k, v, cache)
         if q.is_cuda:
