@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels import hash_encode_reference
+from kernels import hamming_score_cpu, hash_encode_reference
 from services.inference.attention.certified import certified_search, kmeans_cells
-from services.inference.attention.hata import hamming_score_cpu
 from services.inference.attention.tv import certified_k, gaussian_k_fraction
 from services.inference.hata_train import build_triples, record, train_layer
 from services.inference.kv_cache import SequenceCache

@@ -8,10 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kernels import hamming_score_reference, sparse_decode_attention_reference
 from services.inference.attention import create_backend
 from services.inference.attention.base import decode_attention
-from services.inference.attention.hata import hamming_score_cpu, sparse_attention_cpu, top_positions_cpu
 from services.inference.engine import Engine, EngineSettings
 from services.inference.kv_cache import SequenceCache
 from services.inference.main import saved_backend_options
@@ -95,27 +93,6 @@ def test_engine_serves_hata_requests_with_saved_weights(tmp_path: Path) -> None:
             engine.submit(prompt, SamplingParams(attention={"backend": "hata", "weights": wrong}))
     finally:
         engine.stop()
-
-
-@pytest.mark.parametrize(("group", "rbit", "n"), [(1, 64, 7), (4, 128, 1000), (8, 128, 33)])
-def test_cpu_hamming_score_equals_the_kernel_reference(group: int, rbit: int, n: int) -> None:
-    words = rbit // 32
-    q = torch.randint(-(2**31), 2**31 - 1, (2, group, words), dtype=torch.int32)
-    k = torch.randint(-(2**31), 2**31 - 1, (2, n, words), dtype=torch.int32)
-    norms = torch.rand(2, n).half()
-    for sink, recent in ((0, 0), (2, 3)):
-        assert torch.equal(
-            hamming_score_cpu(q, k, norms, rbit, sink, recent), hamming_score_reference(q, k, norms, rbit, sink, recent)
-        )
-
-
-def test_cpu_selection_and_sparse_attention_match_the_kernel_references() -> None:
-    scores = torch.randn(2, 500)
-    chosen = top_positions_cpu(scores, 40)
-    assert torch.equal(torch.sort(chosen).values, torch.sort(torch.topk(scores, 40).indices).values)
-    q, keys, values = torch.randn(8, 1, 16), torch.randn(2, 500, 16), torch.randn(2, 500, 16)
-    expected = sparse_decode_attention_reference(q[:, 0], keys, values, chosen)
-    assert torch.allclose(sparse_attention_cpu(q, keys, values, chosen)[:, 0], expected, atol=1e-5)
 
 
 def test_oracle_topk_keeps_the_best_keys_and_window_the_ends() -> None:

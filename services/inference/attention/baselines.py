@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from kernels import sparse_attention_cpu
 from services.inference.attention.base import AttentionBackend, causal_attention, decode_attention
-from services.inference.attention.hata import select_budget, sparse_attention_cpu
+from services.inference.attention.hata import select_budget
 from services.inference.kv_cache import LayerCache
 
 
@@ -31,7 +32,7 @@ class _DecodeOnly(AttentionBackend):
         keep = select_budget(self.budget, cache.length)
         if layer < self.dense_layers or keep >= cache.length:
             return decode_attention(q, cache.keys(), cache.values())
-        return sparse_attention_cpu(q, cache.keys(), cache.values(), self.select(q, cache, keep))
+        return sparse_attention_cpu(q[:, 0], cache.keys(), cache.values(), self.select(q, cache, keep)).unsqueeze(1)
 
     def select(self, q: torch.Tensor, cache: LayerCache, keep: int) -> torch.Tensor:
         raise NotImplementedError

@@ -14,16 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from kernels import hash_encode_reference
+from kernels import hamming_score_cpu, hash_encode_reference, sparse_attention_cpu, top_positions_cpu
 from services.inference.attention.base import decode_attention
 from services.inference.attention.chelsea import ChelseaBackend
-from services.inference.attention.hata import (
-    HataBackend,
-    hamming_score_cpu,
-    select_budget,
-    sparse_attention_cpu,
-    top_positions_cpu,
-)
+from services.inference.attention.hata import HataBackend, select_budget
 from services.inference.config import ModelConfig
 from services.inference.kv_cache import LayerCache
 
@@ -74,4 +68,4 @@ class ChelseaHataBackend(ChelseaBackend):
         q_norm = q.float().norm(dim=-1).view(kv_heads, group).mean(1, keepdim=True)
         estimate = cosine_sum * q_norm / (group * q.shape[-1] ** 0.5) + bias  # ≈ the entry's logit
         indices = top_positions_cpu(estimate, keep)
-        return sparse_attention_cpu(q, cache.keys(), cache.values(), indices, bias=bias)
+        return sparse_attention_cpu(q[:, 0], cache.keys(), cache.values(), indices, bias=bias).unsqueeze(1)

@@ -8,24 +8,24 @@ key is scored by ``‖k‖·Σ_g(1 − 2·hamming/rbit)`` over the query heads o
 
 Prefill is dense, and so are the first ``dense_layers`` layers (2, as in the paper) and any
 sequence still within the budget. On a GPU the Triton kernels in ``kernels/`` run; on the CPU
-their PyTorch references (same signatures, vectorised).
+the fused numba kernels of ``kernels.hata_cpu`` (same signatures and results as the references).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 
 from kernels import (
-    FORCED_SCORE,
     hamming_score,
     hash_encode,
     hash_encode_reference,
     hash_encode_with_norms,
     hash_encode_with_norms_reference,
+    hash_top_positions_cpu,
+    sparse_attention_cpu,
     sparse_decode_attention,
 )
 from services.inference.attention.base import AttentionBackend, causal_attention, decode_attention
@@ -33,60 +33,6 @@ from services.inference.config import ModelConfig
 from services.inference.kv_cache import LayerCache
 
 WEIGHTS_FILE = "hata.safetensors"
-
-
-def hamming_score_cpu(
-    q_codes: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, rbit: int, sink: int = 0, recent: int = 0
-) -> torch.Tensor:
-    """The CPU path of ``kernels.hamming_score``, bit-identical to its reference and several times faster.
-
-    PyTorch has no popcount, and its SWAR emulation makes a dozen passes over the codes; numpy's
-    ``bitwise_count`` is one C loop, so the score reads each key's 16 code bytes about once.
-    """
-    # Views, not copies: numpy reads the cache's strided slice in place (the word axis is contiguous).
-    q_words = q_codes.numpy().view(np.uint64)  # (kv_heads, group, rbit / 64)
-    k_words = k_codes.numpy().view(np.uint64)  # (kv_heads, n, rbit / 64)
-    ham = np.zeros(k_words.shape[:2], dtype=np.uint16)  # ≤ group·rbit differing bits: fits 16 bits
-    xor = np.empty(k_words.shape[:2], dtype=np.uint64)
-    for g in range(q_words.shape[1]):
-        for w in range(q_words.shape[2]):
-            np.bitwise_xor(k_words[:, :, w], q_words[:, g, w, None], out=xor)
-            ham += np.bitwise_count(xor)
-    group = q_words.shape[1]
-    # The reference's arithmetic, step for step in float32, so the scores are bit-identical.
-    scores = (group * rbit - 2 * ham.astype(np.int32)).astype(np.float32)
-    scores *= np.float32(1.0 / rbit)
-    scores *= k_norms.numpy().astype(np.float32)
-    if sink:
-        scores[:, :sink] = FORCED_SCORE
-    if recent:
-        scores[:, scores.shape[1] - recent :] = FORCED_SCORE
-    return torch.from_numpy(scores)
-
-
-def top_positions_cpu(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The k best positions per row in ascending order: a linear-time partition, then a sort of the k
-    survivors, because gathering K/V rows in memory order is an order of magnitude faster than at random."""
-    if k >= scores.shape[-1]:
-        return torch.arange(scores.shape[-1]).expand(scores.shape[0], -1)
-    chosen = np.argpartition(-scores.numpy(), k - 1, axis=-1)[:, :k]
-    return torch.from_numpy(np.sort(chosen, axis=-1))
-
-
-def sparse_attention_cpu(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The CPU path of ``kernels.sparse_decode_attention``: q (heads, 1, dim) over the selected keys per KV head.
-
-    Row gathers per KV head (``index_select`` copies whole rows) beat one advanced-index gather here.
-    """
-    kv_heads, budget = indices.shape
-    chosen_k = keys.new_empty(kv_heads, budget, keys.shape[-1])
-    chosen_v = values.new_empty(kv_heads, budget, values.shape[-1])
-    for h in range(kv_heads):  # gathered straight into place: no stacking copy
-        torch.index_select(keys[h], 0, indices[h], out=chosen_k[h])
-        torch.index_select(values[h], 0, indices[h], out=chosen_v[h])
-    return decode_attention(q, chosen_k, chosen_v, bias=None if bias is None else bias.gather(1, indices))
 
 
 def select_budget(budget: float, n: int) -> int:
@@ -161,10 +107,11 @@ class HataBackend(AttentionBackend):
         weight = self.weights[layer].to(q.device)
         encode = hash_encode if q.is_cuda else hash_encode_reference
         q_codes = encode(q, weight).view(cache.kv_heads, -1, self.rbit // 32)  # heads grouped by KV head
-        score = hamming_score if q.is_cuda else hamming_score_cpu
-        scores = score(q_codes, cache.extra("hata_codes"), cache.extra("hata_norms"), self.rbit, self.sink, self.recent)
-        k_keep = select_budget(self.budget, n)
-        return torch.topk(scores, k_keep, dim=-1).indices if q.is_cuda else top_positions_cpu(scores, k_keep)
+        codes, norms, k_keep = cache.extra("hata_codes"), cache.extra("hata_norms"), select_budget(self.budget, n)
+        if not q.is_cuda:  # scored and selected head by head in one fused CPU kernel
+            return hash_top_positions_cpu(q_codes, codes, norms, self.rbit, k_keep, self.sink, self.recent)
+        scores = hamming_score(q_codes, codes, norms, self.rbit, self.sink, self.recent)
+        return torch.topk(scores, k_keep, dim=-1).indices
 
     def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         if not self.hashed(layer) or select_budget(self.budget, cache.length + 1) >= cache.length + 1:
@@ -173,6 +120,5 @@ class HataBackend(AttentionBackend):
                 self.encode_keys(layer, k, cache, cache.length - 1)
             return decode_attention(q, cache.keys(), cache.values())
         indices = self.propose(layer, q, k, v, cache)
-        if q.is_cuda:
-            return sparse_decode_attention(q[:, 0], cache.keys(), cache.values(), indices).unsqueeze(1)
-        return sparse_attention_cpu(q, cache.keys(), cache.values(), indices)
+        attend = sparse_decode_attention if q.is_cuda else sparse_attention_cpu
+        return attend(q[:, 0], cache.keys(), cache.values(), indices).unsqueeze(1)
