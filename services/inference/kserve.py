@@ -22,6 +22,7 @@ import numpy as np
 from services.common.grpc_server import GrpcService
 from services.common.pb.kserve.v2 import open_inference_pb2 as pb
 from services.inference.engine import Engine, RequestHandle, StreamEvent
+from services.inference.replay import ReplayEngine
 from services.inference.sampling import SamplingParams
 
 TRITON_SERVICE = "inference.GRPCInferenceService"
@@ -102,7 +103,7 @@ def _parameter_value(p: pb.InferParameter) -> object:
 
 
 class KServeServicer:
-    def __init__(self, engine: Engine, model_name: str) -> None:
+    def __init__(self, engine: Engine | ReplayEngine, model_name: str) -> None:
         self.engine = engine
         self.model_name = model_name
 

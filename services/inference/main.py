@@ -17,12 +17,16 @@ from services.inference.attention.hata import WEIGHTS_FILE as HATA_WEIGHTS
 from services.inference.engine import Engine, EngineSettings
 from services.inference.kserve import KServeServicer, kserve_service
 from services.inference.openai_http import create_app
+from services.inference.replay import ReplayEngine
 from services.inference.tokenizer import Tokenizer
 from services.inference.weights import load_model
 
 
 class InferenceSettings(ServiceSettings):
     model_path: Path | None = None
+    # Serve recorded LLM answers instead of a model (tests and demos of the LLM-using services).
+    replay_path: Path | None = None
+    record_from: str | None = None  # on a replay miss, ask this OpenAI-compatible endpoint and record it
     model_name: str | None = None  # defaults to the checkpoint directory's name
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # defaults to the checkpoint's
     http_host: str = "127.0.0.1"
@@ -58,9 +62,13 @@ def saved_backend_options(model_path: Path) -> dict[str, dict[str, object]]:
     return options
 
 
-def build(settings: InferenceSettings) -> tuple[ServiceRuntime, Engine]:
+def build(settings: InferenceSettings) -> tuple[ServiceRuntime, Engine | ReplayEngine]:
+    engine: Engine | ReplayEngine
+    if settings.replay_path is not None:
+        engine, name = ReplayEngine(settings.replay_path, settings.record_from), settings.model_name or "replay"
+        return _serve(settings, engine, name), engine
     if settings.model_path is None:
-        raise SystemExit("no model: pass --model DIR or set FAULTLINE_MODEL_PATH")
+        raise SystemExit("no model: pass --model DIR (or --replay FILE) or set FAULTLINE_MODEL_PATH")
     model = load_model(settings.model_path, dtype=settings.dtype)
     tokenizer = Tokenizer(settings.model_path)
     name = settings.model_name or settings.model_path.resolve().name
@@ -75,18 +83,24 @@ def build(settings: InferenceSettings) -> tuple[ServiceRuntime, Engine]:
             backend_options=saved_backend_options(settings.model_path),
         ),
     )
+    return _serve(settings, engine, name), engine
+
+
+def _serve(settings: InferenceSettings, engine: Engine | ReplayEngine, name: str) -> ServiceRuntime:
     runtime = ServiceRuntime("inference", settings)
     runtime.add_grpc_service(kserve_service(KServeServicer(engine, name)))
     runtime.add_lifecycle(engine.start, engine.stop)
     http = HttpServer(create_app(engine, name, settings.default_max_tokens), settings.http_host, settings.http_port)
     runtime.add_lifecycle(http.start, http.stop)
-    return runtime, engine
+    return runtime
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="faultline serve inference")
     parser.add_argument("--model", type=Path, help="checkpoint directory (config.json, *.safetensors, tokenizer.json)")
-    parser.add_argument("--name", help="model name clients use (default: the directory name)")
+    parser.add_argument("--replay", type=Path, help="serve recorded completions (JSONL) instead of a model")
+    parser.add_argument("--record-from", help="with --replay: record misses from this OpenAI-compatible URL")
+    parser.add_argument("--name", help="model name clients use (default: the directory name, or 'replay')")
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--http-port", type=int)
     parser.add_argument("--attention", help="default attention backend (dense, ...)")
@@ -94,6 +108,10 @@ def main(argv: list[str]) -> int:
     overrides: dict[str, object] = {}
     if args.model:
         overrides["model_path"] = args.model
+    if args.replay:
+        overrides["replay_path"] = args.replay
+    if args.record_from:
+        overrides["record_from"] = args.record_from
     if args.name:
         overrides["model_name"] = args.name
     if args.http_port is not None:

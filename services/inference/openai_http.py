@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from services.inference.engine import Engine, RequestHandle
+from services.inference.replay import ReplayEngine
 from services.inference.sampling import SamplingParams
 
 
@@ -70,7 +71,7 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-def create_app(engine: Engine, model_name: str, default_max_tokens: int = 256) -> FastAPI:
+def create_app(engine: Engine | ReplayEngine, model_name: str, default_max_tokens: int = 256) -> FastAPI:
     app = FastAPI(title="Faultline inference", version="1")
 
     @app.exception_handler(ApiError)
