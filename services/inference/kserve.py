@@ -91,6 +91,8 @@ def _inputs(request: pb.ModelInferRequest) -> dict[str, list]:
             values = [bool(b) for b in raw] if raw is not None else list(tensor.contents.bool_contents)
         else:
             raise InvalidRequest(f"input {tensor.name!r} has datatype {tensor.datatype}; expected BYTES or BOOL")
+        if any(d < 0 for d in tensor.shape):
+            raise InvalidRequest(f"input {tensor.name!r} has a negative dimension in shape {list(tensor.shape)}")
         expected = int(np.prod(tensor.shape)) if tensor.shape else 1
         if len(values) != expected:
             raise InvalidRequest(f"input {tensor.name!r} has {len(values)} elements but shape {list(tensor.shape)}")
@@ -158,6 +160,9 @@ class KServeServicer:
         unknown = set(inputs) - {n for n, *_ in INPUTS}
         if unknown:
             raise InvalidRequest(f"unknown input(s): {', '.join(sorted(unknown))}")
+        for name, values in inputs.items():  # one request is one prompt (Triton's LLM convention: shape [1])
+            if len(values) != 1:
+                raise InvalidRequest(f"input {name!r} must hold exactly one element, got {len(values)}")
         try:
             prompt = inputs["text_input"][0].decode("utf-8")
         except UnicodeDecodeError as error:
