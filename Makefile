@@ -10,8 +10,9 @@ PROTO_STAMP := services/common/pb/.generated
 PROTOS := $(shell find protos -name '*.proto')
 KAFKA := $(PY) deploy/kafka/broker.py
 BENCH ?=
+LOAD ?=
 
-.PHONY: help setup protos kafka-up kafka-down topics run test test-unit test-integration lint format bench clean
+.PHONY: help setup protos kafka-up kafka-down topics run test test-unit test-integration lint format bench loadtest clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -64,6 +65,9 @@ format: setup
 
 bench: setup  ## benchmarks with same-run baselines (BENCH=name to pick one)
 	$(VENV)/bin/faultline bench $(BENCH)
+
+loadtest: setup  ## stepped load until the system falls behind: throughput, percentiles, knee (LOAD=name)
+	$(VENV)/bin/faultline loadtest $(LOAD)
 
 clean:  ## remove the venv, generated code and local run state
 	-$(KAFKA) stop 2>/dev/null

@@ -51,6 +51,12 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args.names)
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    from loadtests.load import main as loadtest_main
+
+    return loadtest_main(args.names)
+
+
 def _checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -107,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run benchmarks (all, or the ones named)")
     bench.add_argument("names", nargs="*")
     bench.set_defaults(func=_bench)
+    loadtest = sub.add_parser("loadtest", help="step up load until the system falls behind (all, or the ones named)")
+    loadtest.add_argument("names", nargs="*")
+    loadtest.set_defaults(func=_loadtest)
     return parser
 
 

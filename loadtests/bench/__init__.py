@@ -55,17 +55,23 @@ def machine() -> str:
 
 
 def main(names: list[str] | None = None) -> int:
-    chosen = names or list(BENCHMARKS)
-    unknown = [n for n in chosen if n not in BENCHMARKS]
+    return run_each(BENCHMARKS, names, kind="bench")
+
+
+def run_each(registry: dict[str, str], names: list[str] | None, kind: str) -> int:
+    """Run the named entries of ``registry`` (all when none are named), each writing its JSON result."""
+    chosen = names or list(registry)
+    unknown = [n for n in chosen if n not in registry]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; available: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(f"unknown {kind}(s) {unknown}; available: {', '.join(registry)}", file=sys.stderr)
         return 2
     RESULTS.mkdir(exist_ok=True)
     for name in chosen:
-        print(f"== bench {name} ({machine()})", flush=True)
+        out = RESULTS / (name if kind == "bench" else f"{kind}_{name}")
+        print(f"== {kind} {name} ({machine()})", flush=True)
         started = time.time()
-        result = importlib.import_module(BENCHMARKS[name]).run()
+        result = importlib.import_module(registry[name]).run()
         result |= {"machine": machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
-        print(f"== bench {name} done in {time.time() - started:.0f}s -> {RESULTS / (name + '.json')}", flush=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        print(f"== {kind} {name} done in {time.time() - started:.0f}s -> {out.with_suffix('.json')}", flush=True)
     return 0
