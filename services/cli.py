@@ -9,6 +9,10 @@ import sys
 # Each service's entry point, imported only when chosen (a service never imports another).
 SERVICES: dict[str, str] = {
     "inference": "services.inference.main:main",
+    "embedding": "services.embedding.main:main",
+    "detector": "services.detector.main:main",
+    "kg-builder": "services.kg_builder.main:main",
+    "rca": "services.rca.main:main",
 }
 
 
@@ -24,9 +28,15 @@ TRAINERS = {
     "tiny-lm": "services.inference.training.train_retrieval:main",
     "hata": "services.inference.hata_train:main",
     "chelsea": "services.inference.chelsea_calibrate:main",
+    "slicer": "services.embedding.train:main",
+    "eager": "services.detector.train:main",
 }
 EVALUATORS = {
     "retrieval": "services.inference.evaluation:main",
+    "slicer": "services.embedding.evaluation:main",
+    "eager": "services.detector.evaluation:main",
+    "kg": "services.kg_builder.evaluation:main",
+    "rca": "services.rca.evaluation:main",
 }
 
 
@@ -100,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("what", choices=sorted(EVALUATORS))
     evaluate.add_argument("extra", nargs=argparse.REMAINDER)
     evaluate.set_defaults(func=lambda a: _delegate(EVALUATORS, a.what, a.extra))
+
+    kg = sub.add_parser("kg", help="knowledge graph tools: export")
+    kg.add_argument("extra", nargs=argparse.REMAINDER)
+    kg.set_defaults(func=lambda a: _delegate({"kg": "services.kg_builder.tools:main"}, "kg", a.extra))
+
+    rca = sub.add_parser("rca", help="root cause analysis of one case directory (RCAEval or AIOps 2022 layout)")
+    rca.add_argument("extra", nargs=argparse.REMAINDER)
+    rca.set_defaults(func=lambda a: _delegate({"rca": "services.rca.main:analyze_case"}, "rca", a.extra))
 
     checkpoint = sub.add_parser("checkpoint", help="write a random-weight checkpoint with a real model shape")
     checkpoint.add_argument("--shape", required=True, help="e.g. llama3-8b-like")

@@ -23,6 +23,10 @@ BENCHMARKS: dict[str, str] = {
     "attention": "loadtests.bench.attention",
     "attention_quality": "loadtests.bench.attention_quality",
     "retrieval": "loadtests.bench.retrieval",
+    "embedding": "loadtests.bench.embedding",
+    "detector": "loadtests.bench.detector",
+    "rca": "loadtests.bench.rca",
+    "kg": "loadtests.bench.kg",
 }
 
 

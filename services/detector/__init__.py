@@ -1,0 +1,1 @@
+"""EAGER: reasoning-trace encoder, failure knowledge base, step-wise detection, diagnosis, mitigation."""

@@ -1,0 +1,312 @@
+"""Step-wise detection and diagnosis: each new step against the knowledge base and against normal behaviour.
+
+For a step with embedding h of agent a in system s:
+
+- ``knowledge = max cos(h, failure steps of a) - max cos(h, normal steps of a)``: the step is closer to a
+  known failure of that agent than to anything the agent normally does;
+- ``deviation = 1 - max cos(h, normal steps of a)``: the step is unlike all of the agent's normal
+  behaviour (this is what can fire on failure types the knowledge base has never seen).
+
+A step alert is raised the first time ``knowledge > θ_k`` (type: the similarity-weighted vote of the
+top matched failure cases) or ``deviation > θ_d`` (type ``unknown``). When the run ends, if no step alert
+was raised, the full-trace embedding is checked the same way against trace-level cases (``θ_t``).
+Thresholds are calibrated per system on the seed runs with each run left out of its own search.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.detector.encoder import Backbone, StepEncoder, step_features
+from services.detector.knowledge_base import STEP, TRACE, KnowledgeBase, Match
+from services.detector.steps import Step
+
+UNKNOWN = "unknown"
+TOP_K = 3
+MAX_RUNS = 10_000  # runs whose state is kept; the oldest are forgotten beyond this
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    knowledge: float = 0.05
+    deviation: float = 1.0  # 1.0 disables (cosine distance tops out at 2, but normal-vs-anything is below 1)
+    trace: float = 0.05
+
+    def as_dict(self) -> dict[str, float]:
+        return {"knowledge": self.knowledge, "deviation": self.deviation, "trace": self.trace}
+
+
+@dataclass(frozen=True)
+class AlertInfo:
+    id: str
+    run_id: str
+    system: str
+    agent: str
+    step_index: int
+    failure_type: str
+    confidence: float
+    matched: list[Match]
+    level: int  # STEP or TRACE
+    knowledge: float
+    deviation: float
+    detected_at: float
+    trace_id: str = ""
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)  # for expert feedback
+
+
+@dataclass(frozen=True)
+class StepScore:
+    knowledge: float
+    deviation: float
+    matched: list[Match]
+    nearest_normal: Match | None = None
+
+    @property
+    def rejected_before(self) -> bool:
+        """An expert rejected an alert on a step at least as close as any known failure: stay quiet."""
+        normal = self.nearest_normal
+        best = self.matched[0].similarity if self.matched else -1.0
+        return normal is not None and normal.case.source == "expert" and normal.similarity >= best
+
+
+@dataclass(frozen=True)
+class StepVerdict:
+    run_id: str
+    step_index: int
+    score: StepScore
+    alert: AlertInfo | None
+    latency_ms: float
+
+
+@dataclass
+class _RunState:
+    system: str
+    trace_id: str = ""
+    prefix_state: object = None
+    last_prefix: np.ndarray | None = None
+    steps: list[Step] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    alerted: bool = False
+    ended: bool = False
+
+
+def diagnose(matches: list[Match]) -> tuple[str, float]:
+    """The failure type the matched cases vote for, and its share of the vote.
+
+    Votes are ``exp((sim - best) / 0.05)``: a near-duplicate of a known case decides, while cases of similar
+    similarity share the decision.
+    """
+    if not matches:
+        return UNKNOWN, 0.0
+    best_similarity = max(m.similarity for m in matches)
+    votes: Counter[str] = Counter()
+    for match in matches:
+        votes[match.case.failure_type] += math.exp((match.similarity - best_similarity) / 0.05)
+    best, weight = votes.most_common(1)[0]
+    return best, weight / sum(votes.values())
+
+
+def _confidence(score: float, threshold: float) -> float:
+    return 1.0 / (1.0 + math.exp(-(score - threshold) / 0.05))
+
+
+def score_vector(
+    kb: KnowledgeBase, level: int, system: str, vector: np.ndarray, agent: str | None, exclude_run: str | None = None
+) -> StepScore:
+    failures = kb.search(level, system, vector, TOP_K, agent=agent, exclude_run=exclude_run)
+    normals = kb.search(level, system, vector, 1, normal=True, agent=agent, exclude_run=exclude_run)
+    nearest_normal = normals[0].similarity if normals else -1.0
+    nearest_failure = failures[0].similarity if failures else -1.0
+    return StepScore(nearest_failure - nearest_normal, 1.0 - nearest_normal, failures, normals[0] if normals else None)
+
+
+class Detector:
+    """Online EAGER: thread-safe; one instance serves Kafka and gRPC alike."""
+
+    def __init__(
+        self,
+        encoder: StepEncoder,
+        backbone: Backbone,
+        kb: KnowledgeBase,
+        thresholds: dict[str, Thresholds],
+    ) -> None:
+        self.encoder, self.backbone, self.kb, self.thresholds = encoder, backbone, kb, thresholds
+        self._runs: dict[str, _RunState] = {}
+        self._lock = threading.Lock()
+
+    def thresholds_for(self, system: str) -> Thresholds:
+        return self.thresholds.get(system, Thresholds())
+
+    def embed(self, steps: list[Step]) -> np.ndarray:
+        return self.encoder.embed_steps(step_features(self.backbone, steps))
+
+    def observe(self, step: Step) -> StepVerdict:
+        started = time.perf_counter()
+        vector = self.embed([step])[0]
+        with self._lock:
+            run = self._runs.get(step.run_id)
+            if run is None:
+                if len(self._runs) >= MAX_RUNS:
+                    self._runs.pop(next(iter(self._runs)))
+                run = self._runs[step.run_id] = _RunState(step.system, step.trace_id, self.encoder.start())
+            run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, vector[None])
+            run.last_prefix = prefixes[-1]
+            run.steps.append(step)
+            run.embeddings.append(vector)
+            already = run.alerted
+        score = score_vector(self.kb, STEP, step.system, vector, step.agent)
+        alert = None if already else self._step_alert(step, score, vector)
+        if alert is not None:
+            with self._lock:
+                run.alerted = True
+        verdict = StepVerdict(step.run_id, step.index, score, alert, (time.perf_counter() - started) * 1e3)
+        if step.end_of_run:
+            trace_alert = self.end_run(step.run_id)
+            if verdict.alert is None and trace_alert is not None:
+                verdict = StepVerdict(step.run_id, step.index, score, trace_alert, verdict.latency_ms)
+        return verdict
+
+    def _step_alert(self, step: Step, score: StepScore, vector: np.ndarray) -> AlertInfo | None:
+        limits = self.thresholds_for(step.system)
+        if score.rejected_before:
+            return None
+        if score.knowledge > limits.knowledge:
+            failure_type, _share = diagnose(score.matched)
+            confidence = _confidence(score.knowledge, limits.knowledge)
+        elif score.deviation > limits.deviation:
+            failure_type, confidence = UNKNOWN, _confidence(score.deviation, limits.deviation)
+        else:
+            return None
+        return AlertInfo(
+            uuid.uuid4().hex,
+            step.run_id,
+            step.system,
+            step.agent,
+            step.index,
+            failure_type,
+            confidence,
+            score.matched,
+            STEP,
+            score.knowledge,
+            score.deviation,
+            time.time(),
+            step.trace_id,
+            vector,
+        )
+
+    def end_run(self, run_id: str) -> AlertInfo | None:
+        """The trace-level check, once per run; forgets the run's state."""
+        with self._lock:
+            run = self._runs.pop(run_id, None)
+        if run is None or run.last_prefix is None or run.alerted:
+            return None
+        score = score_vector(self.kb, TRACE, run.system, run.last_prefix, None)
+        limit = self.thresholds_for(run.system).trace
+        if score.knowledge <= limit:
+            return None
+        failure_type, _share = diagnose(score.matched)
+        last = run.steps[-1]
+        # the whole trace matched: no single agent is pinpointed
+        return AlertInfo(
+            uuid.uuid4().hex,
+            run_id,
+            run.system,
+            "",
+            last.index,
+            failure_type,
+            _confidence(score.knowledge, limit),
+            score.matched,
+            TRACE,
+            score.knowledge,
+            score.deviation,
+            time.time(),
+            run.trace_id,
+            run.last_prefix,
+        )
+
+    def run_steps(self, run_id: str) -> list[Step]:
+        with self._lock:
+            run = self._runs.get(run_id)
+            return list(run.steps) if run else []
+
+
+# --- offline: seed runs, calibration --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunScores:
+    run_id: str
+    system: str
+    step_scores: list[StepScore]
+    trace_score: StepScore
+
+
+def embed_run(encoder: StepEncoder, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(step embeddings, prefix embeddings) of one run from its step features."""
+    steps = encoder.embed_steps(features)
+    _, prefixes = encoder.advance(encoder.start(), steps)
+    return steps, prefixes
+
+
+def score_run(
+    kb: KnowledgeBase, system: str, agents: list[str], steps: np.ndarray, trace: np.ndarray, exclude_run: str | None
+) -> RunScores:
+    step_scores = [score_vector(kb, STEP, system, v, a, exclude_run) for v, a in zip(steps, agents, strict=True)]
+    return RunScores(exclude_run or "", system, step_scores, score_vector(kb, TRACE, system, trace, None, exclude_run))
+
+
+def first_alert(scores: RunScores, limits: Thresholds) -> tuple[int, str, list[Match]] | None:
+    """(step index, kind, matches) of the first alert the thresholds give; index -1 = trace level."""
+    for index, score in enumerate(scores.step_scores):
+        if score.knowledge > limits.knowledge:
+            return index, "knowledge", score.matched
+        if score.deviation > limits.deviation:
+            return index, "deviation", []
+    if scores.trace_score.knowledge > limits.trace:
+        return -1, "trace", scores.trace_score.matched
+    return None
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def calibrate(runs: list[RunScores], failed: list[bool], max_normal_alarm: float = 0.02) -> Thresholds:
+    """Per-system thresholds from leave-one-run-out scores of labelled seed runs.
+
+    θ_d is the (1 - ``max_normal_alarm``) quantile of the success runs' largest deviation; θ_k then maximises
+    run-level F1 with θ_d in place, and θ_t maximises F1 over the runs that no step alert caught.
+    """
+    normal = [r for r, f in zip(runs, failed, strict=True) if not f]
+    max_dev = [max(s.deviation for s in r.step_scores) for r in normal] or [1.0]
+    deviation = float(np.quantile(max_dev, 1 - max_normal_alarm)) + 1e-6
+    disabled = 10.0
+
+    def f1_of(limits: Thresholds) -> float:
+        outcome = [first_alert(r, limits) is not None for r in runs]
+        tp = sum(o and f for o, f in zip(outcome, failed, strict=True))
+        fp = sum(o and not f for o, f in zip(outcome, failed, strict=True))
+        return _f1(tp, fp, sum(failed) - tp)
+
+    def best(values: list[float], make) -> float:  # type: ignore[no-untyped-def]
+        # candidates halfway between observed scores; among equally good ones, the middle one
+        points = sorted(set(values))
+        candidates = [points[0] - 1e-3] + [(a + b) / 2 for a, b in itertools.pairwise(points)]
+        scored = [(f1_of(make(t)), t) for t in candidates]
+        top = max(f for f, _ in scored)
+        tied = [t for f, t in scored if f == top]
+        return tied[len(tied) // 2]
+
+    knowledge_values = [max(s.knowledge for s in r.step_scores) for r in runs]
+    knowledge = best(knowledge_values, lambda t: Thresholds(t, deviation, disabled))
+    trace_values = [r.trace_score.knowledge for r in runs]
+    trace = best([*trace_values, disabled], lambda t: Thresholds(knowledge, deviation, t))
+    return Thresholds(knowledge, deviation, trace)

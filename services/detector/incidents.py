@@ -1,0 +1,154 @@
+"""Incidents from system states: hysteresis over the embedding service's per-window anomaly scores.
+
+Per system: an incident opens after ``open_after`` consecutive anomalous windows (score ≥ ``threshold``),
+stays one incident while anomalous windows keep coming (deduplicated: at most one open per system),
+and resolves after ``resolve_after`` consecutive normal windows. Time is event time (the windows'),
+so replays and late data give the same incidents. Windows are handled in arrival order; a window that
+ends before the last one seen of its system is ignored (duplicate or out of order).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from services.common.pb.faultline.v1 import common_pb2, detector_pb2, embedding_pb2
+
+OPEN, RESOLVED = detector_pb2.INCIDENT_STATUS_OPEN, detector_pb2.INCIDENT_STATUS_RESOLVED
+
+
+@dataclass(frozen=True)
+class IncidentPolicy:
+    threshold: float = 0.5
+    open_after: int = 2
+    resolve_after: int = 3
+    max_kept: int = 1000  # resolved incidents kept for ListIncidents
+
+
+@dataclass
+class _SystemState:
+    anomalous_run: list[embedding_pb2.StateEmbedding] = field(default_factory=list)
+    normal_run: int = 0
+    last_end_ns: int = -1
+    open: detector_pb2.Incident | None = None
+    services: Counter[str] = field(default_factory=Counter)
+    types: Counter[str] = field(default_factory=Counter)
+
+
+def _severity(peak: float) -> int:
+    if peak >= 0.9:
+        return common_pb2.SEVERITY_CRITICAL
+    if peak >= 0.7:
+        return common_pb2.SEVERITY_ERROR
+    return common_pb2.SEVERITY_WARNING
+
+
+class IncidentTracker:
+    def __init__(self, policy: IncidentPolicy | None = None) -> None:
+        self.policy = policy or IncidentPolicy()
+        self._systems: dict[str, _SystemState] = defaultdict(_SystemState)
+        self._incidents: dict[str, detector_pb2.Incident] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, state: embedding_pb2.StateEmbedding) -> detector_pb2.Incident | None:
+        """Feed one window; returns the incident when it opens, changes status, or None."""
+        with self._lock:
+            s = self._systems[state.system]
+            end_ns = state.window.end.ToNanoseconds()
+            if end_ns <= s.last_end_ns:
+                return None
+            s.last_end_ns = end_ns
+            anomalous = state.anomalous or state.anomaly_score >= self.policy.threshold
+            if anomalous:
+                s.normal_run = 0
+                if s.open is None:
+                    s.anomalous_run.append(state)
+                    if len(s.anomalous_run) >= self.policy.open_after:
+                        return self._open(state.system, s)
+                    return None
+                self._extend(s, state)
+                return None
+            s.anomalous_run.clear()
+            if s.open is None:
+                return None
+            s.normal_run += 1
+            if s.normal_run >= self.policy.resolve_after:
+                return self._resolve(s, state)
+            return None
+
+    def _open(self, system: str, s: _SystemState) -> detector_pb2.Incident:
+        first = s.anomalous_run[0]
+        incident = detector_pb2.Incident(id=uuid.uuid4().hex, system=system, status=OPEN)
+        incident.opened_at.CopyFrom(first.window.start)
+        incident.window.start.CopyFrom(first.window.start)
+        s.open, s.services, s.types = incident, Counter(), Counter()
+        for state in s.anomalous_run:
+            self._extend(s, state)
+        s.anomalous_run = []
+        self._remember(incident)
+        return self._copy(incident)
+
+    def _extend(self, s: _SystemState, state: embedding_pb2.StateEmbedding) -> None:
+        incident = s.open
+        assert incident is not None
+        incident.window.end.CopyFrom(state.window.end)
+        incident.anomalous_windows += 1
+        for ranked in state.root_cause_services:
+            s.services[ranked.service] += ranked.score
+        if state.failure_type:
+            s.types[state.failure_type] += 1
+        if state.anomaly_score >= incident.peak_anomaly_score:
+            incident.peak_anomaly_score = state.anomaly_score
+            del incident.evidence[:]
+            incident.evidence.extend(state.evidence)
+        del incident.suspected_services[:]
+        del incident.suspected_scores[:]
+        total = sum(s.services.values()) or 1.0
+        for service, score in s.services.most_common(5):
+            incident.suspected_services.add(system=incident.system, service=service)
+            incident.suspected_scores.append(score / total)
+        incident.failure_type = s.types.most_common(1)[0][0] if s.types else ""
+        incident.severity = _severity(incident.peak_anomaly_score)  # type: ignore[assignment]
+        suspects = ", ".join(r.service for r in incident.suspected_services[:3]) or "unknown"
+        incident.summary = (
+            f"{incident.system}: anomalous for {incident.anomalous_windows} window(s), peak score "
+            f"{incident.peak_anomaly_score:.2f}; suspected {suspects}"
+        )
+
+    def _resolve(self, s: _SystemState, state: embedding_pb2.StateEmbedding) -> detector_pb2.Incident:
+        incident = s.open
+        assert incident is not None
+        incident.status = RESOLVED
+        incident.resolved_at.CopyFrom(state.window.start)
+        s.open, s.normal_run = None, 0
+        return self._copy(incident)
+
+    def _remember(self, incident: detector_pb2.Incident) -> None:
+        self._incidents[incident.id] = incident
+        while len(self._incidents) > self.policy.max_kept:
+            oldest = next(iter(self._incidents))
+            if self._incidents[oldest].status == OPEN:
+                break
+            del self._incidents[oldest]
+
+    @staticmethod
+    def _copy(incident: detector_pb2.Incident) -> detector_pb2.Incident:
+        out = detector_pb2.Incident()
+        out.CopyFrom(incident)
+        return out
+
+    def get(self, incident_id: str) -> detector_pb2.Incident | None:
+        with self._lock:
+            found = self._incidents.get(incident_id)
+            return self._copy(found) if found else None
+
+    def list(self, system: str = "", status: int = 0, limit: int = 0) -> list[detector_pb2.Incident]:
+        with self._lock:
+            chosen = [
+                self._copy(i)
+                for i in reversed(self._incidents.values())
+                if (not system or i.system == system) and (not status or i.status == status)
+            ]
+        return chosen[:limit] if limit > 0 else chosen

@@ -1,0 +1,111 @@
+"""``faultline serve detector``: EAGER on otlp_spans, incidents from faultline.states.v1, the DetectorService API."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from pydantic import Field
+
+from services.common import topics
+from services.common.bus import Route
+from services.common.grpc_server import GrpcService
+from services.common.pb.faultline.v1 import detector_pb2, detector_pb2_grpc, embedding_pb2
+from services.common.runtime import ServiceRuntime
+from services.common.settings import GrpcSettings, ServiceSettings, load_settings
+from services.detector.detection import Detector
+from services.detector.encoder import CHECKPOINT, Backbone, load_encoder
+from services.detector.incidents import IncidentPolicy, IncidentTracker
+from services.detector.knowledge_base import KnowledgeBase
+from services.detector.mitigation import KubernetesActuator
+from services.detector.service import DetectorApp, DetectorServicer, Topics
+from services.detector.train import CALIBRATION_FILE, KB_FILE, load_thresholds
+
+DETECTOR_SERVICE = detector_pb2.DESCRIPTOR.services_by_name["DetectorService"].full_name
+
+
+class DetectorSettings(ServiceSettings):
+    grpc: GrpcSettings = GrpcSettings(port=50054)
+    checkpoint: Path = CHECKPOINT
+    data_dir: Path = Path(".run/detector")  # the live knowledge base and the mitigation audit log
+    kb_path: Path | None = None  # default: data_dir/kb.sqlite, first copied from the checkpoint's seed
+    backbone_cache: Path | None = None  # persisted text-embedding cache; None keeps it in memory
+    torch_threads: int = Field(2, ge=1)
+    group_id: str = "detector"
+    spans_topic: str = topics.OTLP_SPANS
+    states_topic: str = topics.STATES
+    alerts_topic: str = topics.ALERTS
+    incidents_topic: str = topics.INCIDENTS
+    mitigations_topic: str = topics.MITIGATIONS
+    incident_threshold: float = Field(0.5, ge=0, le=1)
+    incident_open_after: int = Field(2, ge=1)  # consecutive anomalous windows
+    incident_resolve_after: int = Field(3, ge=1)  # consecutive normal windows
+    kubernetes_enabled: bool = False  # infrastructure actions are dry-run unless this is set
+    kubernetes_namespace: str = "default"
+
+
+def build(settings: DetectorSettings) -> tuple[ServiceRuntime, DetectorApp]:
+    encoder = load_encoder(settings.checkpoint)
+    kb_path = settings.kb_path or settings.data_dir / KB_FILE
+    if not kb_path.exists():
+        kb_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(settings.checkpoint / KB_FILE, kb_path)
+    kb = KnowledgeBase(kb_path, encoder_version=encoder.version)
+    detector = Detector(
+        encoder,
+        Backbone(settings.backbone_cache, threads=settings.torch_threads),
+        kb,
+        load_thresholds(settings.checkpoint / CALIBRATION_FILE),
+    )
+    tracker = IncidentTracker(
+        IncidentPolicy(settings.incident_threshold, settings.incident_open_after, settings.incident_resolve_after)
+    )
+    actuator = KubernetesActuator(settings.kubernetes_enabled, settings.data_dir / "mitigation-audit.jsonl")
+    runtime = ServiceRuntime("detector", settings)
+    app = DetectorApp(
+        detector,
+        tracker,
+        actuator,
+        runtime.publisher,
+        Topics(settings.alerts_topic, settings.incidents_topic, settings.mitigations_topic),
+        settings.kubernetes_namespace,
+    )
+    runtime.add_grpc_service(
+        GrpcService(
+            DETECTOR_SERVICE,
+            lambda server: detector_pb2_grpc.add_DetectorServiceServicer_to_server(DetectorServicer(app), server),
+        )
+    )
+    # Separate groups: a burst of spans never delays incidents, and each topic commits on its own.
+    runtime.add_consumer(
+        f"{settings.group_id}-spans",
+        [Route(settings.spans_topic, ExportTraceServiceRequest, app.handle_spans, cloudevents=False)],
+    )
+    runtime.add_consumer(
+        f"{settings.group_id}-states", [Route(settings.states_topic, embedding_pb2.StateEmbedding, app.handle_state)]
+    )
+    return runtime, app
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="faultline serve detector")
+    parser.add_argument("--grpc-port", type=int)
+    parser.add_argument("--checkpoint", type=Path, help="EAGER checkpoint directory (faultline train eager)")
+    parser.add_argument("--kb", type=Path, help="knowledge base (SQLite); created from the checkpoint's seed")
+    parser.add_argument("--enable-kubernetes", action="store_true", help="execute infrastructure actions")
+    args = parser.parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.checkpoint:
+        overrides["checkpoint"] = args.checkpoint
+    if args.kb:
+        overrides["kb_path"] = args.kb
+    if args.enable_kubernetes:
+        overrides["kubernetes_enabled"] = True
+    settings = load_settings(DetectorSettings, **overrides)
+    if args.grpc_port is not None:
+        settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"port": args.grpc_port})})
+    runtime, _app = build(settings)
+    runtime.run()
+    return 0

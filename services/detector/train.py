@@ -1,0 +1,303 @@
+"""``faultline train eager``: contrastive training on unlabelled simulator runs, then the seed knowledge base.
+
+1. Simulated runs of both systems from ``TRAIN_SEEDS`` (the held-out failure types are never injected)
+   are encoded as OTLP GenAI spans and read back through :mod:`services.detector.steps`, as the service
+   reads them.
+2. The head is trained with ``L_intra + L_inter + L_rank`` (:mod:`services.detector.contrastive`); the
+   labels are not used.
+3. The labelled seed knowledge base is built from the same runs (failure step + trace cases, normal
+   references) and the detection thresholds are calibrated on it, each run left out of its own search.
+
+Writes ``encoder.pt``/``encoder.json``, ``kb.sqlite``, ``calibration.json`` and ``loss.png`` under
+``services/detector/checkpoints/eager/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.detector import contrastive
+from services.detector.detection import RunScores, Thresholds, calibrate, embed_run, score_run
+from services.detector.encoder import (
+    CHECKPOINT,
+    DEFAULT_CACHE,
+    Backbone,
+    EagerEncoder,
+    StepEncoder,
+    TrainedEncoder,
+    save_encoder,
+    step_features,
+)
+from services.detector.knowledge_base import MITIGATIONS, NORMAL, STEP, TRACE, Case, KnowledgeBase
+from services.detector.steps import Run, Step, from_request, group_runs
+
+SYSTEMS = ("code", "rca")
+TRAIN_SEEDS = (1, 2, 3)
+RUNS_PER_SEED = 60
+# Never injected into training runs nor put in the knowledge base: the evaluation's unseen types.
+HELD_OUT_TYPES = {"code": ("premature_termination",), "rca": ("information_withholding",)}
+KB_FILE, CALIBRATION_FILE = "kb.sqlite", "calibration.json"
+
+
+@dataclass
+class LabelledRun:
+    run: Run
+    features: np.ndarray
+    failure_type: str  # "" for a success run
+    failure_agent: str
+    failure_step: int  # -1 for a success run
+
+
+def simulated_runs(
+    backbone: Backbone, system: str, seeds: tuple[int, ...], per_seed: int, failure_types: list[str] | None = None
+) -> list[LabelledRun]:
+    """Simulator runs read back from their OTLP encoding, with features and ground truth."""
+    from loadtests.simulator.agents import generate_runs, run_to_otlp
+
+    out = []
+    for seed in seeds:
+        for sim in generate_runs(system, per_seed, seed, failure_types=failure_types):
+            (run,) = group_runs(from_request(run_to_otlp(sim)))
+            failure = sim.failure
+            out.append(
+                LabelledRun(
+                    run,
+                    step_features(backbone, run.steps),
+                    failure.failure_type if failure else "",
+                    failure.agent if failure else "",
+                    failure.step if failure else -1,
+                )
+            )
+    return out
+
+
+def seen_types(system: str) -> list[str]:
+    from loadtests.simulator.agents import FAILURE_TYPES
+
+    return [n for n, t in FAILURE_TYPES.items() if t.applies_to(system) and n not in HELD_OUT_TYPES[system]]
+
+
+def sender_index(steps: list[Step]) -> list[int]:
+    """For each step, the most recent earlier step whose output its input holds (-1: the user's task)."""
+    out = []
+    for i, step in enumerate(steps):
+        best = -1
+        for sender in step.received_from:
+            for j in range(i - 1, best, -1):
+                other = steps[j]
+                if other.agent == sender or other.tool == sender or (sender == step.agent and other.agent == sender):
+                    best = j
+                    break
+        out.append(best)
+    return out
+
+
+def train_encoder(
+    runs: list[LabelledRun], epochs: int, batch_runs: int = 24, seed: int = 0, log_every: int = 5
+) -> tuple[EagerEncoder, list[dict[str, float]]]:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = EagerEncoder()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    agents = {key: i for i, key in enumerate(sorted({(r.run.system, s.agent) for r in runs for s in r.run.steps}))}
+    prepared = [
+        (
+            torch.from_numpy(r.features),
+            torch.tensor([agents[(r.run.system, s.agent)] for s in r.run.steps]),
+            sender_index(r.run.steps),
+        )
+        for r in runs
+    ]
+    history = []
+    for epoch in range(epochs):
+        order = list(range(len(prepared)))
+        rng.shuffle(order)
+        sums = {"intra": 0.0, "inter": 0.0, "rank": 0.0, "total": 0.0}
+        batches = 0
+        model.train()
+        for start in range(0, len(order), batch_runs):
+            chosen = [prepared[i] for i in order[start : start + batch_runs]]
+            lengths = torch.tensor([len(f) for f, _, _ in chosen])
+            flat = torch.cat([f for f, _, _ in chosen])
+            agent_ids = torch.cat([a for _, a, _ in chosen])
+            view_a = model.steps(flat + 0.02 * torch.randn_like(flat))
+            view_b = model.steps(flat + 0.02 * torch.randn_like(flat))
+            offsets = torch.cumsum(lengths, 0) - lengths
+            pairs = [
+                (int(off) + i, int(off) + j)
+                for off, (_, _, senders) in zip(offsets, chosen, strict=True)
+                for i, j in enumerate(senders)
+                if j >= 0
+            ]
+            receivers = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+            senders = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+            padded = torch.zeros((len(chosen), int(lengths.max()), view_a.shape[1]))
+            for b, (off, length) in enumerate(zip(offsets, lengths, strict=True)):
+                padded[b, :length] = view_a[off : off + length]
+            prefixes, _ = model.prefixes(padded)
+            intra = contrastive.intra_loss(view_a, view_b, agent_ids)
+            inter = contrastive.inter_loss(model.inter_head(view_a), view_a, receivers, senders)
+            rank = contrastive.rank_loss(prefixes, lengths)
+            loss = contrastive.total_loss(intra, inter, rank)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            for name, value in (("intra", intra), ("inter", inter), ("rank", rank), ("total", loss)):
+                sums[name] += float(value.detach())
+            batches += 1
+        history.append({k: v / batches for k, v in sums.items()} | {"epoch": epoch + 1})
+        if (epoch + 1) % log_every == 0 or epoch == 0:
+            h = history[-1]
+            print(
+                f"  epoch {epoch + 1:3d}/{epochs}  L={h['total']:.3f}  intra={h['intra']:.3f}  "
+                f"inter={h['inter']:.3f}  rank={h['rank']:.3f}",
+                flush=True,
+            )
+    return model.eval(), history
+
+
+def seed_knowledge_base(kb: KnowledgeBase, encoder: StepEncoder, runs: list[LabelledRun]) -> dict[str, np.ndarray]:
+    """Failure step and trace cases plus normal references from labelled runs; returns each run's traces."""
+    cases: list[Case] = []
+    vectors: list[np.ndarray] = []
+    traces = {}
+    for labelled in runs:
+        run = labelled.run
+        steps, prefixes = embed_run(encoder, labelled.features)
+        traces[run.run_id] = prefixes
+        failed = labelled.failure_step >= 0
+        for step, vector in zip(run.steps, steps, strict=True):
+            if failed and step.index > labelled.failure_step:
+                continue  # consequences of the failure: neither the failure itself nor normal
+            failure_type = labelled.failure_type if failed and step.index == labelled.failure_step else NORMAL
+            cases.append(
+                Case(
+                    "",
+                    STEP,
+                    run.system,
+                    failure_type,
+                    step.agent,
+                    step.index,
+                    run.run_id,
+                    MITIGATIONS.get(failure_type, ""),
+                    "seed",
+                )
+            )
+            vectors.append(vector)
+        cases.append(
+            Case(
+                "",
+                TRACE,
+                run.system,
+                labelled.failure_type,
+                labelled.failure_agent,
+                labelled.failure_step,
+                run.run_id,
+                MITIGATIONS.get(labelled.failure_type, ""),
+                "seed",
+            )
+        )
+        vectors.append(prefixes[-1])
+    kb.add(cases, np.stack(vectors))
+    return traces
+
+
+def loo_scores(kb: KnowledgeBase, encoder: StepEncoder, runs: list[LabelledRun]) -> list[RunScores]:
+    out = []
+    for labelled in runs:
+        steps, prefixes = embed_run(encoder, labelled.features)
+        agents = [s.agent for s in labelled.run.steps]
+        out.append(score_run(kb, labelled.run.system, agents, steps, prefixes[-1], labelled.run.run_id))
+    return out
+
+
+def calibrate_all(kb: KnowledgeBase, encoder: StepEncoder, runs: list[LabelledRun]) -> dict[str, Thresholds]:
+    out = {}
+    for system in SYSTEMS:
+        chosen = [r for r in runs if r.run.system == system]
+        out[system] = calibrate(loo_scores(kb, encoder, chosen), [r.failure_step >= 0 for r in chosen])
+    return out
+
+
+def save_thresholds(thresholds: dict[str, Thresholds], path: Path) -> None:
+    path.write_text(json.dumps({s: t.as_dict() for s, t in thresholds.items()}, indent=2))
+
+
+def load_thresholds(path: Path) -> dict[str, Thresholds]:
+    if not path.is_file():
+        return {}
+    return {s: Thresholds(**t) for s, t in json.loads(path.read_text()).items()}
+
+
+def plot_losses(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    for name in ("total", "intra", "inter", "rank"):
+        ax.plot(epochs, [h[name] for h in history], label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("EAGER reasoning-scoped contrastive training")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="faultline train eager", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=CHECKPOINT)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--runs-per-seed", type=int, default=RUNS_PER_SEED)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="backbone embedding cache (.npz)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    backbone = Backbone(args.cache, threads=args.threads)
+    runs: list[LabelledRun] = []
+    for system in SYSTEMS:
+        runs += simulated_runs(backbone, system, TRAIN_SEEDS, args.runs_per_seed, seen_types(system))
+        backbone.save()
+        print(f"  {system}: {sum(r.run.system == system for r in runs)} runs featurised", flush=True)
+    steps = sum(len(r.run.steps) for r in runs)
+    print(f"training on {len(runs)} unlabelled runs ({steps} steps), {args.epochs} epochs", flush=True)
+    trained_at = time.perf_counter()
+    model, history = train_encoder(runs, args.epochs)
+    train_s = time.perf_counter() - trained_at
+    meta = {
+        "seeds": TRAIN_SEEDS,
+        "runs": len(runs),
+        "steps": steps,
+        "epochs": args.epochs,
+        "train_seconds": round(train_s, 1),
+        "held_out_types": HELD_OUT_TYPES,
+        "final_loss": history[-1],
+    }
+    version = save_encoder(model, args.out, meta)
+    plot_losses(history, args.out / "loss.png")
+    encoder = TrainedEncoder(model, version)
+    kb_path = args.out / KB_FILE
+    kb_path.unlink(missing_ok=True)
+    kb = KnowledgeBase(kb_path, encoder_version=version)
+    seed_knowledge_base(kb, encoder, runs)
+    thresholds = calibrate_all(kb, encoder, runs)
+    save_thresholds(thresholds, args.out / CALIBRATION_FILE)
+    print(f"encoder {version}: head trained in {train_s:.0f}s; total {time.perf_counter() - started:.0f}s")
+    for system, limits in thresholds.items():
+        print(f"  {system} thresholds: {limits.as_dict()}")
+    print(f"wrote {args.out}/ ({', '.join(sorted(p.name for p in args.out.iterdir()))})")
+    return 0

@@ -1,0 +1,1 @@
+"""RuntimeSlicer: runtime slices (windows of metrics, traces and logs) → one system-state embedding each."""

@@ -1,0 +1,122 @@
+"""Steps from GenAI spans, the knowledge base, the contrastive losses and calibration, without the backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loadtests.simulator.agents import generate_runs, run_to_otlp, run_to_otlp_steps
+from services.detector import contrastive
+from services.detector.detection import RunScores, StepScore, Thresholds, calibrate, first_alert
+from services.detector.encoder import FEATURE_DIM, EagerEncoder, structure
+from services.detector.knowledge_base import NORMAL, STEP, TRACE, Case, EncoderMismatch, KnowledgeBase
+from services.detector.steps import RunEnd, Step, from_proto, from_request, group_runs, to_proto
+from services.detector.train import sender_index
+
+
+def test_spans_become_the_simulated_steps_and_the_root_span_ends_the_run() -> None:
+    (sim,) = [r for r in generate_runs("rca", 6, seed=3) if r.failure][:1]
+    (run,) = group_runs(from_request(run_to_otlp(sim)))
+    assert run.system == "rca" and run.run_id == sim.run_id
+    assert [(s.agent, s.operation, s.tool or None, s.received_from) for s in run.steps] == [
+        (s.agent, s.operation, s.tool, s.received_from) for s in sim.steps
+    ]
+    assert all(
+        a.output_text == b.output_text and a.input_text == b.input_text
+        for a, b in zip(run.steps, sim.steps, strict=True)
+    )
+    live = [list(from_request(r)) for r in run_to_otlp_steps(sim)]
+    assert all(isinstance(items[0], Step) for items in live)
+    assert isinstance(live[-1][-1], RunEnd) and not any(isinstance(i, RunEnd) for items in live[:-1] for i in items)
+    assert from_proto(to_proto(run.steps[2])) == run.steps[2]
+
+
+def test_inter_agent_senders_point_at_the_step_whose_output_was_received() -> None:
+    (sim,) = generate_runs("code", 1, seed=5, failure_rate=0)
+    (run,) = group_runs(from_request(run_to_otlp(sim)))
+    senders = sender_index(run.steps)
+    assert senders[0] == -1  # the user's task
+    for i, j in enumerate(senders):
+        if j >= 0:
+            step, sender = run.steps[i], run.steps[j]
+            assert j < i
+            assert sender.agent in (*step.received_from, step.agent) or sender.tool in step.received_from
+
+
+def test_structure_features_depend_on_who_and_where() -> None:
+    a = Step("r", "code", "coder", "chat", 3, received_from=("reviewer",))
+    assert not np.array_equal(
+        structure(a), structure(Step("r", "code", "tester", "chat", 3, received_from=("reviewer",)))
+    )
+    assert not np.array_equal(
+        structure(a), structure(Step("r", "code", "coder", "chat", 9, received_from=("reviewer",)))
+    )
+
+
+def test_knowledge_base_search_versions_and_persistence(tmp_path: Path) -> None:
+    path = tmp_path / "kb.sqlite"
+    kb = KnowledgeBase(path, encoder_version="enc-1")
+    vectors = np.eye(4, dtype=np.float32)
+    cases = [
+        Case("", STEP, "code", "incorrect_code", "coder", 3, "run-a"),
+        Case("", STEP, "code", NORMAL, "coder", 2, "run-a"),
+        Case("", STEP, "code", "round_limit", "reviewer", 5, "run-b"),
+        Case("", TRACE, "code", "incorrect_code", "", -1, "run-a"),
+    ]
+    stored = kb.add(cases, vectors)
+    assert kb.version == 1 and all(c.version == 1 for c in stored)
+    query = np.array([0.9, 0.1, 0.3, 0], np.float32)
+    assert [m.case.failure_type for m in kb.search(STEP, "code", query, 5)] == ["incorrect_code", "round_limit"]
+    assert kb.search(STEP, "code", query, 5, agent="reviewer")[0].case.failure_type == "round_limit"
+    assert kb.search(STEP, "code", query, 5, normal=True)[0].case.agent == "coder"
+    assert kb.search(STEP, "code", query, 5, exclude_run="run-a")[0].case.run_id == "run-b"
+    assert kb.delete(stored[0].id) and kb.version == 2
+    assert [m.case.failure_type for m in kb.search(STEP, "code", query, 5)] == ["round_limit"]
+    reopened = KnowledgeBase(path, encoder_version="enc-1")
+    assert reopened.version == 2 and len(reopened.list(include_normal=True)) == 3
+    with pytest.raises(EncoderMismatch):
+        KnowledgeBase(path, encoder_version="enc-2")
+
+
+def test_contrastive_losses_are_finite_and_training_lowers_them() -> None:
+    torch.set_num_threads(1)  # tiny tensors: more threads only spin on a shared machine
+    torch.manual_seed(0)
+    model = EagerEncoder(dim=16, hidden=32)
+    features = torch.randn(2, 6, FEATURE_DIM)
+    lengths = torch.tensor([6, 4])
+    flat = torch.cat([features[0, :6], features[1, :4]])
+    agents = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    receivers, senders = torch.tensor([1, 2, 7]), torch.tensor([0, 1, 6])
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        a, b = model.steps(flat), model.steps(flat + 0.01 * torch.randn_like(flat))
+        padded = torch.zeros(2, 6, 16)
+        padded[0], padded[1, :4] = a[:6], a[6:]
+        prefixes, _ = model.prefixes(padded)
+        loss = contrastive.total_loss(
+            contrastive.intra_loss(a, b, agents),
+            contrastive.inter_loss(model.inter_head(a), a, receivers, senders),
+            contrastive.rank_loss(prefixes, lengths),
+        )
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def _scores(knowledge: list[float], deviation: float = 0.1, trace: float = -0.5) -> RunScores:
+    return RunScores("r", "code", [StepScore(k, deviation, []) for k in knowledge], StepScore(trace, 0.0, []))
+
+
+def test_calibration_separates_failure_runs_and_first_alert_is_the_earliest_step() -> None:
+    runs = [_scores([-0.2, -0.1, 0.3, 0.1])] * 5 + [_scores([-0.3, -0.15, -0.2])] * 5
+    limits = calibrate(runs, [True] * 5 + [False] * 5)
+    assert -0.15 <= limits.knowledge < 0.3
+    assert first_alert(runs[0], limits)[0] == 2 and first_alert(runs[-1], limits) is None
+    assert first_alert(_scores([-0.3], deviation=0.9), Thresholds(0.0, 0.5, 1.0))[1] == "deviation"
+    assert first_alert(_scores([-0.3], trace=0.2), Thresholds(0.0, 1.0, 0.1))[0] == -1
