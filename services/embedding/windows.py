@@ -16,6 +16,7 @@ log templates (mined by Drain3, see :mod:`services.embedding.views`).
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,11 @@ class WindowConfig:
     window_s: float = 30.0
     stride_s: float = 15.0
     lateness_s: float = 15.0  # at least the span of one producer batch (the Collector's, the simulator's chunk)
-    idle_s: float = 120.0  # a modality this far behind the others stops holding the watermark back
+    # A modality that has sent nothing for this long (wall-clock) stops holding the watermark back: a
+    # system without logs still gets windows, yet a backlog replayed fast never outruns a modality
+    # whose partitions the consumer simply has not fetched yet.
+    idle_s: float = 120.0
+    modalities: tuple[str, ...] = ("spans", "metrics", "logs")  # what a window waits for
     origin_s: float = 0.0  # panes are aligned to origin + k * stride (an ad-hoc window sets its own start)
 
     def __post_init__(self) -> None:
@@ -126,6 +131,8 @@ class SystemWindows:
         self.config = config
         self.panes: dict[int, Pane] = {}
         self.max_event_ns: dict[str, int] = {}  # per modality
+        self.arrived: dict[str, float] = {}  # wall-clock of each modality's latest record
+        self.opened = time.monotonic()
         self.next_window = -1  # index of the first pane of the next window to close; -1 before any data
         self.late = 0
 
@@ -137,6 +144,7 @@ class SystemWindows:
         if index < self.next_window:
             self.late += 1
             return None
+        self.arrived[modality] = time.monotonic()
         if time_ns > self.max_event_ns.get(modality, 0):
             self.max_event_ns[modality] = time_ns
         pane = self.panes.get(index)
@@ -149,9 +157,13 @@ class SystemWindows:
         if self.next_window < 0:
             return []
         stride, n = self.config.stride_s, self.config.panes
+        now, idle = time.monotonic(), self.config.idle_s
+        # Every expected modality holds the watermark until it has been silent for idle_s, including one
+        # not seen yet (counted from the system's first record): its data may simply not be fetched yet.
+        waiting = [m for m in self.config.modalities if m not in self.max_event_ns and now - self.opened < idle]
+        live = [t for m, t in self.max_event_ns.items() if now - self.arrived[m] < idle]
         newest = max(self.max_event_ns.values(), default=0)
-        live = [t for t in self.max_event_ns.values() if t >= newest - self.config.idle_s * 1e9]
-        watermark_s = min(live, default=0) / 1e9 - self.config.lateness_s
+        watermark_s = -math.inf if waiting else min(live, default=newest) / 1e9 - self.config.lateness_s
         out: list[list[Pane | None]] = []
         last = max(self.panes, default=self.next_window)
         while self.config.origin_s + (self.next_window + n) * stride <= watermark_s or (

@@ -63,7 +63,7 @@ def test_window_config_rejects_a_stride_that_does_not_divide_the_window() -> Non
 
 
 def test_windows_close_only_when_the_watermark_passes_their_end() -> None:
-    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=5))
+    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=5, modalities=("spans",)))
     slicer.add_spans(spans("cart", [100.0, 105.0, 112.0]))
     assert slicer.ready() == []  # watermark 107: the window [100, 120) is still open
     slicer.add_spans(spans("cart", [126.0]))  # watermark 121
@@ -79,7 +79,7 @@ def test_windows_close_only_when_the_watermark_passes_their_end() -> None:
 
 
 def test_late_data_is_dropped_and_counted_not_merged() -> None:
-    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0))
+    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0, modalities=("spans",)))
     slicer.add_spans(spans("cart", [100.0, 141.0]))
     closed = slicer.ready()
     assert [w.start_s for w in closed] == [100.0, 110.0, 120.0]
@@ -89,7 +89,7 @@ def test_late_data_is_dropped_and_counted_not_merged() -> None:
 
 
 def test_slowest_modality_holds_the_watermark() -> None:
-    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0))
+    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0, modalities=("spans", "metrics")))
     slicer.add_metrics(metric("cart", "container.cpu.utilization", 101.0, 20.0))
     slicer.add_spans(spans("cart", [150.0]))  # spans far ahead, metrics still at 101
     assert slicer.ready() == []
@@ -108,7 +108,7 @@ def test_drain3_mines_one_template_for_lines_that_differ_in_parameters() -> None
 
 
 def test_errors_mentioning_a_callee_blame_it() -> None:
-    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0))
+    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0, modalities=("spans", "logs")))
     slicer.add_spans(spans("db", [100.0]))
     slicer.add_spans(spans("cart", [101.0, 102.0], error=True))
     slicer.add_logs(logs("cart", 103.0, ["request to db/Query timed out: context deadline exceeded"]))
@@ -165,3 +165,19 @@ def test_baseline_does_not_learn_an_ongoing_fault() -> None:
         baseline.learn(window, zs)
         scores.append(zs["cart"][FEATURES.index("cpu")])
     assert all(s > 8 for s in scores[5:])  # still abnormal several windows into the fault
+
+
+def test_a_modality_not_fetched_yet_holds_the_watermark_until_it_goes_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("services.embedding.windows.time.monotonic", lambda: clock[0])
+    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0, idle_s=60))
+    # A backlog replayed fast: metrics and logs run far ahead before the spans' partition is read at all.
+    slicer.add_metrics(metric("cart", "container.cpu.utilization", 101.0, 20.0))
+    slicer.add_metrics(metric("cart", "container.cpu.utilization", 300.0, 20.0))
+    assert slicer.ready() == []  # spans (and logs) not seen yet: nothing closes, nothing of theirs is late
+    slicer.add_spans(spans("cart", [105.0, 112.0]))
+    assert slicer.late == 0
+    clock[0] += 61  # logs never come: after idle_s of silence they stop holding the watermark
+    slicer.add_spans(spans("cart", [290.0]))
+    closed = slicer.ready()
+    assert closed and closed[0].start_s == 100.0 and closed[0].spans == 2
