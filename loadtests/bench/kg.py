@@ -19,13 +19,16 @@ N_QUERIES = int(os.environ.get("KG_BENCH_QUERIES", "100"))
 
 
 def run() -> dict:
-    from services.kg_builder.encoder import shared_encoder
+    import torch
+
+    from services.common.text_encoder import shared_encoder
     from services.kg_builder.evaluation import histories
     from services.kg_builder.retrieval import incident_query
     from services.kg_builder.service import KnowledgeGraph
     from services.kg_builder.store import KgStore
 
-    encoder = shared_encoder(threads=1)
+    torch.set_num_threads(1)
+    encoder = shared_encoder()
     past, new = histories(N_REPORTS, N_QUERIES, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kg.sqlite"

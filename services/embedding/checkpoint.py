@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.embedding.backbone import Backbone
+from services.common.text_encoder import SentenceEncoder
 from services.embedding.heads import TaskHeads
 from services.embedding.model import SlicerModel
 from services.embedding.slices import Slice, squash
@@ -86,7 +86,7 @@ def service_tensor(piece: Slice) -> torch.Tensor:
 
 @dataclass
 class RuntimeSlicerModel:
-    backbone: Backbone
+    backbone: SentenceEncoder
     model: SlicerModel
     heads: Heads
     window: WindowConfig
@@ -135,12 +135,12 @@ class RuntimeSlicerModel:
         return directory
 
     @classmethod
-    def load(cls, directory: Path = DEFAULT_DIR, backbone: Backbone | Path | None = None) -> RuntimeSlicerModel:
+    def load(cls, directory: Path = DEFAULT_DIR, backbone: SentenceEncoder | Path | None = None) -> RuntimeSlicerModel:
         meta = json.loads((directory / "meta.json").read_text())
         if meta["features"] != list(FEATURES):
             raise ValueError(f"{directory} was trained on other window features; retrain (faultline train slicer)")
         state = torch.load(directory / "slicer.pt", weights_only=True)
-        encoder = backbone if isinstance(backbone, Backbone) else Backbone(backbone)
+        encoder = backbone if isinstance(backbone, SentenceEncoder) else SentenceEncoder(backbone)
         model = SlicerModel(meta["backbone_dim"], meta["dim"], meta["numeric_dim"])
         model.load_state_dict(state["model"])
         heads = TaskHeads(meta["dim"], meta["states"], meta["failure_types"], len(FEATURES))

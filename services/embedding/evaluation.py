@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.embedding.backbone import Backbone
+from services.common.text_encoder import SentenceEncoder
 from services.embedding.checkpoint import Encoder, Heads, service_tensor
 from services.embedding.data import NORMAL, cases
 from services.embedding.train import FAULT_KINDS, Corpus, best_threshold, build_corpus, fit_heads, loss_plot, train
@@ -141,7 +141,7 @@ def projection_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path
 def evaluate(system: str = "online-boutique", steps: int = 400, log=print) -> dict:  # type: ignore[no-untyped-def]
     torch.set_num_threads(2)
     config = WindowConfig()
-    backbone = Backbone()
+    backbone = SentenceEncoder()
     log(f"training windows (seeds 1..5, {len(FAULT_KINDS)} fault kinds + normal)")
     train_corpus = build_corpus(cases(system, FAULT_KINDS, range(1, 6), normal=5), backbone, config, log)
     log(f"held-out windows (seeds {EVAL_SEEDS.start}..{EVAL_SEEDS.stop - 1})")

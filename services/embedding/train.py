@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.embedding.backbone import Backbone
+from services.common.text_encoder import SentenceEncoder
 from services.embedding.checkpoint import DEFAULT_DIR, Heads, RuntimeSlicerModel, service_tensor
 from services.embedding.contrastive import modal_loss, overlap_weights, temporal_loss
 from services.embedding.data import NORMAL, CaseSpec, LabelledSlice, cases, slices
@@ -65,7 +65,7 @@ class Corpus:
         return np.array([s.ambiguous for s in self.items])
 
 
-def build_corpus(specs: list[CaseSpec], backbone: Backbone, config: WindowConfig, log=print) -> Corpus:  # type: ignore[no-untyped-def]
+def build_corpus(specs: list[CaseSpec], backbone: SentenceEncoder, config: WindowConfig, log=print) -> Corpus:  # type: ignore[no-untyped-def]
     items: list[LabelledSlice] = []
     groups: list[int] = []
     began = time.time()
@@ -198,7 +198,7 @@ def loss_plot(curve: dict[str, list[float]], path: Path) -> Path:
 
 def train(
     corpus: Corpus,
-    backbone: Backbone,
+    backbone: SentenceEncoder,
     config: WindowConfig,
     failure_types: list[str],
     steps: int = 400,
@@ -238,7 +238,7 @@ def main(argv: list[str]) -> int:
     began = time.time()
     config = WindowConfig(args.window, args.stride)
     kinds = [k for k in args.kinds.split(",") if k]
-    backbone = Backbone(args.backbone)
+    backbone = SentenceEncoder(args.backbone)
     specs = cases(args.system, kinds, range(1, args.seeds + 1), normal=args.seeds)
     print(f"slicing {len(specs)} simulator runs ({', '.join(kinds)} + normal)", flush=True)
     corpus = build_corpus(specs, backbone, config)

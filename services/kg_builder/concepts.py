@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from services.common.llm import LLMClient, SchemaError
-from services.kg_builder.encoder import SentenceEncoder
+from services.common.text_encoder import SentenceEncoder
 from services.kg_builder.extraction import Extraction, norm
 
 CONCEPT_SYSTEM = "You are a helpful assistant who always responds with valid JSON without any explanation"

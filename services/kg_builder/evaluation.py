@@ -27,8 +27,8 @@ import yaml
 
 from services.common.llm import LLMClient
 from services.common.pb.faultline.v1 import detector_pb2, kg_pb2, rca_pb2
+from services.common.text_encoder import SentenceEncoder, shared_encoder
 from services.kg_builder.concepts import conceptualise
-from services.kg_builder.encoder import SentenceEncoder, shared_encoder
 from services.kg_builder.extraction import extract_document
 from services.kg_builder.retrieval import incident_query
 from services.kg_builder.service import KnowledgeGraph

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
 from pydantic import Field
 
 from services.common import topics
@@ -14,7 +15,7 @@ from services.common.llm import LLMClient
 from services.common.pb.faultline.v1 import detector_pb2, kg_pb2, kg_pb2_grpc, rca_pb2
 from services.common.runtime import ServiceRuntime
 from services.common.settings import GrpcSettings, ServiceSettings, load_settings
-from services.kg_builder.encoder import shared_encoder
+from services.common.text_encoder import shared_encoder
 from services.kg_builder.service import KnowledgeGraph, KnowledgeGraphServicer
 from services.kg_builder.store import KgStore
 
@@ -45,9 +46,10 @@ def build(settings: KgBuilderSettings) -> tuple[ServiceRuntime, KnowledgeGraph]:
     if settings.llm_base_url:
         llm = LLMClient(settings.llm_base_url, settings.llm_model, settings.llm_api_key, settings.llm_timeout_s)
     runtime = ServiceRuntime("kg-builder", settings)
+    torch.set_num_threads(settings.torch_threads)
     kg = KnowledgeGraph(
         KgStore(settings.store_path),
-        shared_encoder(settings.torch_threads),
+        shared_encoder(),
         llm,
         runtime.publisher,
         settings.updates_topic,

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from services.common.pb.faultline.v1 import detector_pb2
-from services.kg_builder.encoder import SentenceEncoder
+from services.common.text_encoder import SentenceEncoder
 from services.kg_builder.extraction import FailureRecord, norm
 from services.kg_builder.store import KgStore
 

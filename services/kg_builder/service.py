@@ -16,8 +16,8 @@ from prometheus_client import Counter, Histogram
 from services.common.bus import Delivery, PermanentError, Publisher, TransientError
 from services.common.llm import LLMClient, LLMError
 from services.common.pb.faultline.v1 import detector_pb2, kg_pb2, kg_pb2_grpc, rca_pb2
+from services.common.text_encoder import SentenceEncoder
 from services.kg_builder.concepts import ConceptSchema, conceptualise
-from services.kg_builder.encoder import SentenceEncoder
 from services.kg_builder.export import export_csv, export_graphml
 from services.kg_builder.extraction import (
     Extraction,

@@ -12,9 +12,9 @@ import pytest
 
 from services.common.llm import LLMClient, LLMError
 from services.common.settings import GrpcSettings
+from services.common.text_encoder import shared_encoder
 from services.inference.main import InferenceSettings, build
 from services.kg_builder.concepts import ConceptSchema, conceptualise
-from services.kg_builder.encoder import shared_encoder
 from services.kg_builder.evaluation import RECORDING, load_documents
 from services.kg_builder.extraction import extract_document
 from services.kg_builder.service import KnowledgeGraph

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from services.common.pb.faultline.v1 import detector_pb2, kg_pb2, kg_pb2_grpc, rca_pb2
-from services.kg_builder.encoder import shared_encoder
+from services.common.text_encoder import shared_encoder
 from services.kg_builder.retrieval import Retriever, incident_query
 from services.kg_builder.service import KnowledgeGraph, KnowledgeGraphServicer
 from services.kg_builder.store import KgStore

