@@ -15,7 +15,7 @@ LOAD ?=
 .PHONY: help setup protos kafka-up kafka-down topics run test test-unit test-integration lint format bench loadtest clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: Faultline needs Python 3.11"; exit 1; }
@@ -68,6 +68,21 @@ bench: setup  ## benchmarks with same-run baselines (BENCH=name to pick one)
 
 loadtest: setup  ## stepped load until the system falls behind: throughput, percentiles, knee (LOAD=name)
 	$(VENV)/bin/faultline loadtest $(LOAD)
+
+# ---- Helm chart, images, Kubernetes test cluster (helm/faultline, deploy/images, deploy/k8s) ----
+IMAGE_REGISTRY ?= ghcr.io/faultline
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' helm/faultline/Chart.yaml)
+
+images:  ## build the cpu and cuda images (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine is reachable (docker info failed); the images cannot be built on this machine"; exit 1; }
+	DOCKER_BUILDKIT=1 docker build -f deploy/images/Dockerfile --target cpu -t $(IMAGE_REGISTRY)/faultline:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build -f deploy/images/Dockerfile --target cuda -t $(IMAGE_REGISTRY)/faultline-cuda:$(IMAGE_TAG) .
+
+k8s-binaries:  ## build helm, etcd, kube-apiserver/-scheduler/-controller-manager, kwok from the Go proxy (cached)
+	deploy/k8s/build_binaries.sh
+
+test-helm: setup k8s-binaries  ## chart lint/template/schema/unit tests and an install on a real API server
+	FAULTLINE_HELM_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider tests/helm
 
 clean:  ## remove the venv, generated code and local run state
 	-$(KAFKA) stop 2>/dev/null
