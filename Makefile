@@ -31,6 +31,11 @@ $(PROTO_STAMP): $(STAMP) $(PROTOS) services/common/codegen.py
 
 setup: $(STAMP) $(PROTO_STAMP)  ## create .venv, install everything, generate protobuf code
 	@$(KAFKA) fetch >/dev/null
+	@# The console's browser test drives Debian's Chromium; installed where apt can (root), skipped otherwise.
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "no Chromium: the console's browser test will be skipped"
 
 protos: $(PROTO_STAMP)  ## regenerate Python code from protos/
 

@@ -13,6 +13,7 @@ SERVICES: dict[str, str] = {
     "detector": "services.detector.main:main",
     "kg-builder": "services.kg_builder.main:main",
     "rca": "services.rca.main:main",
+    "console": "services.console.main:main",
 }
 
 

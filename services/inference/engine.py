@@ -44,6 +44,10 @@ KV_DENSE_BYTES = Gauge(
     "Bytes the running requests' caches would hold with dense attention (before any compression)",
 )
 FINISHED = Counter("faultline_inference_requests_total", "Finished requests", ["finish_reason"])
+TV_MAX = Gauge(
+    "faultline_inference_tv_distance_max",
+    "Certified total-variation distance (max over heads and layers) of the last request that measured one",
+)
 
 
 class ContextTooLong(ValueError):
@@ -330,6 +334,9 @@ class Engine:
             seq.sent = ready
 
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+        attention = attention_summary(seq.cache.stats)
+        if "tv_max" in attention:
+            TV_MAX.set(attention["tv_max"])
         seq.handle.put(
             StreamEvent(
                 seq.text[seq.sent :],
@@ -339,7 +346,7 @@ class Engine:
                 prompt_tokens=len(seq.prompt),
                 completion_tokens=len(seq.output),
                 error=error,
-                attention=attention_summary(seq.cache.stats),
+                attention=attention,
             )
         )
         seq.sent = len(seq.text)

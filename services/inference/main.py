@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import threading
 from pathlib import Path
 from typing import Literal
 
-import uvicorn
 from pydantic import Field
 
+from services.common.http import HttpServer
 from services.common.runtime import ServiceRuntime
 from services.common.settings import GrpcSettings, ServiceSettings, load_settings
 from services.inference.attention.chelsea import OUTLIERS_FILE as CHELSEA_OUTLIERS
@@ -37,19 +36,6 @@ class InferenceSettings(ServiceSettings):
     prefill_chunk: int = Field(2048, ge=1)
     attention_backend: str = "dense"
     default_max_tokens: int = Field(256, ge=1)
-
-
-class HttpServer:
-    def __init__(self, app, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=15)
 
 
 def saved_backend_options(model_path: Path) -> dict[str, dict[str, object]]:

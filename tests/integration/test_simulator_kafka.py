@@ -14,11 +14,15 @@ from services.common.settings import KafkaSettings
 from services.common.topics import CATALOGUE
 
 
-def _drain(kafka: KafkaSettings, topic: str) -> list:
+def _drain(kafka: KafkaSettings, topic: str, since_s: int | None = None, until_s: int | None = None) -> list:
+    """The topic's records, those with a record time in [since_s, until_s) when given: the telemetry topics
+    are shared by every test of the session, and each test's data lives in its own stretch of time."""
     consumer = KafkaConsumer(topic, auto_offset_reset="earliest", consumer_timeout_ms=5_000, **kafka.client_config())
     records = list(consumer)
     consumer.close()
-    return records
+    if since_s is None or until_s is None:
+        return records
+    return [r for r in records if since_s * 1000 <= r.timestamp < until_s * 1000]
 
 
 def test_scenario_into_kafka_decodes_and_is_findable_by_time(kafka: KafkaSettings) -> None:
@@ -29,13 +33,14 @@ def test_scenario_into_kafka_decodes_and_is_findable_by_time(kafka: KafkaSetting
     expected = len(Scenario(spec).run(chunk_s=10).spans)
     assert report.spans == expected
 
-    span_records = _drain(kafka, topics.OTLP_SPANS)
+    ours = (epoch, epoch + 60)
+    span_records = _drain(kafka, topics.OTLP_SPANS, *ours)
     assert all(r.key is None and not r.headers for r in span_records)  # plain otlp_proto, like the collector
     decoded = sum(len(list(otlp.iter_spans(otlp.decode_spans(r.value)))) for r in span_records)
     assert decoded == expected
-    metric_records = _drain(kafka, topics.OTLP_METRICS)
+    metric_records = _drain(kafka, topics.OTLP_METRICS, *ours)
     assert len(metric_records) == 60  # one request per 1 s step
-    assert report.records[topics.OTLP_LOGS] == len(_drain(kafka, topics.OTLP_LOGS)) > 0
+    assert report.records[topics.OTLP_LOGS] == len(_drain(kafka, topics.OTLP_LOGS, *ours)) > 0
 
     # Record time is telemetry time: seeking to the fault's start skips the healthy half.
     consumer = KafkaConsumer(**kafka.client_config())
