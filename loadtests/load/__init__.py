@@ -11,6 +11,7 @@ from loadtests.bench import run_each
 # name -> module with ``run() -> dict``.
 LOADTESTS: dict[str, str] = {
     "inference": "loadtests.load.inference",
+    "pipeline": "loadtests.load.pipeline",
 }
 
 
