@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from kafka import KafkaConsumer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from services.common.bus import Delivery, EventConsumer, PermanentError, Publisher, Route, TransientError
 from services.common.cloudevents import CloudEvent
@@ -95,6 +96,58 @@ def test_malformed_records_go_to_the_dlq_and_the_partition_moves_on(kafka: Kafka
     assert first["faultline_dlq_offset"] == b"0"
     assert first["faultline_dlq_group"] == b"g-dlq"
     assert dead[0].value == good.data[:-2]  # the original bytes, untouched, for replay
+    publisher.close()
+
+
+def test_poison_campaign_every_kind_lands_in_the_dlq_and_the_consumer_stays_healthy(
+    kafka: KafkaSettings, new_topic
+) -> None:  # type: ignore[no-untyped-def]
+    """The kinds of poison every Faultline consumer meets, on a CloudEvents topic and on a raw OTLP one
+    (all services consume through this bus): each is dead-lettered with its reason, the good record after
+    them is handled, and the DLQ keeps the original bytes."""
+    events, raw = new_topic(), new_topic()
+    publisher = Publisher(kafka, source="test/poison")
+    good = CloudEvent.from_message(_beat(1), "test/poison")
+    headers = dict(good.headers())
+
+    def with_header(name: str, value: bytes) -> list[tuple[str, bytes]]:
+        return list({**headers, name: value}.items())
+
+    poisons = {
+        "not a valid faultline.v1.Heartbeat": (good.data[: len(good.data) // 2], good.headers()),  # truncated
+        "ce_type 'faultline.v1.TimeWindow'": (
+            CloudEvent.from_message(common_pb2.TimeWindow(), "x").data,
+            with_header("ce_type", b"faultline.v1.TimeWindow"),
+        ),
+        "header ce_id is not UTF-8": (good.data, with_header("ce_id", b"\xff\xfe\xfd")),
+        "unsupported ce_specversion": (good.data, with_header("ce_specversion", b"0.3")),
+        "ce_time is not RFC 3339": (good.data, with_header("ce_time", b"yesterday at noon")),
+        "missing CloudEvents header(s)": (good.data, [("content-type", b"application/protobuf")]),
+        "is not application/protobuf": (good.data, with_header("content-type", b"application/json")),
+    }
+    for value, record_headers in poisons.values():
+        publisher.send(events, value, record_headers)
+    publisher.send(events, b"\xff" * 900_000, good.headers())  # huge, and not protobuf
+    publisher.publish(events, _beat(2), wait=True)
+    for value in (b"\x0a\xff\xff not otlp", b"\xff" * 900_000, b"\x0a"):  # garbage, huge, truncated OTLP
+        publisher.send(raw, value)
+    publisher.send(raw, ExportTraceServiceRequest().SerializeToString(), wait=True)
+
+    handled: list[str] = []
+    routes = [
+        Route(events, platform_pb2.Heartbeat, lambda d: handled.append(d.message.service.name)),
+        Route(raw, ExportTraceServiceRequest, lambda d: handled.append("otlp"), cloudevents=False),
+    ]
+    consumer = EventConsumer(kafka, "g-poison", routes, publisher)
+    with running(consumer):
+        wait_until(lambda: sorted(handled) == ["otlp", "svc-2"], what="the good records after the poison")
+    assert consumer.stats.dead_lettered == len(poisons) + 1 + 3
+    errors = [dict(r.headers)["faultline_dlq_error"].decode() for r in _read_all(kafka, events + ".dlq", 8)]
+    for reason in poisons:
+        assert any(reason in e for e in errors), (reason, errors)
+    raw_dead = _read_all(kafka, raw + ".dlq", 3)
+    assert len(raw_dead) == 3, consumer.stats.errors
+    assert {len(r.value) for r in raw_dead} >= {900_000}  # the original bytes, huge ones included
     publisher.close()
 
 
