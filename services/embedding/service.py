@@ -45,19 +45,23 @@ def to_proto(piece: Slice, prediction: Prediction, version: str) -> embedding_pb
     span = common_pb2.TimeWindow()
     span.start.FromNanoseconds(int(window.start_s * 1e9))
     span.end.FromNanoseconds(int(window.end_s * 1e9))
+    # Before the baseline is warm a window has no "usual" to deviate from: the heads were trained and
+    # are evaluated on warm windows only, so a cold window's score is noise, and passing it on made
+    # the detector open an incident on the first minute of every fresh start.
+    anomalous = prediction.anomalous and piece.warm
     state = embedding_pb2.StateEmbedding(
         system=window.system,
         window=span,
         vector=prediction.vector.tolist(),
         state_id=prediction.state,
-        anomaly_score=prediction.anomaly_score,
-        anomalous=prediction.anomalous,
+        anomaly_score=prediction.anomaly_score if piece.warm else 0.0,
+        anomalous=anomalous,
         model_version=version,
         spans=window.spans,
         metric_points=window.metric_points,
         log_records=window.log_records,
     )
-    if prediction.anomalous:
+    if anomalous:
         state.failure_type = prediction.failure_type
         state.failure_type_confidence = prediction.failure_type_confidence
         state.root_cause_services.extend(
