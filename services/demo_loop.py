@@ -24,6 +24,7 @@ import grpc
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, TopicPartition
 
+from deploy.kafka.broker import FUTURE_TIMESTAMPS_MS
 from loadtests.simulator.agents import AgentRun, generate_runs, labels, run_to_otlp_steps
 from loadtests.simulator.dataset import otlp_records
 from loadtests.simulator.scenario import Chunk, Scenario, ScenarioSpec
@@ -158,7 +159,7 @@ def free_epoch(kafka: KafkaSettings, length_s: int, now_s: float) -> int:
     """
     epoch = max(now_s - length_s - 60, latest_telemetry_s(kafka) + 60)
     epoch = int(epoch + 59) // 60 * 60  # whole minutes: windows align as when the seed was chosen
-    if epoch + length_s + MAS_ROOM_S > now_s + 3300:
+    if epoch + length_s + MAS_ROOM_S > now_s + FUTURE_TIMESTAMPS_MS / 1000 - 300:
         raise LoopFailed(
             f"earlier runs' telemetry reaches {_utc(epoch - 60)} UTC, too far ahead of now for the broker to take "
             f"another {length_s // 60} minutes after it; wait a few minutes (or `make clean`, which drops the topics)"

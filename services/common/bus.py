@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 
@@ -304,7 +304,8 @@ class EventConsumer:
         offsets, self._pending = self._pending, {}
         try:
             self._consumer.commit(offsets)
-        except CommitFailedError:
-            # The group rebalanced under us; the new owner redelivers and the
-            # idempotency store turns the repeat into a no-op.
+        except (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError):
+            # The group is rebalancing (a replica joined or left) or already did: the partition's owner
+            # after it redelivers from the last commit, and the idempotency store turns the repeat into a
+            # no-op. Not a reason to stop the service (kafka-python 3 raises these, not CommitFailedError).
             log.warning("offset commit failed after a rebalance", extra={"offsets": str(offsets)})
