@@ -246,7 +246,11 @@ class MetricTool:
         peaks = anomal.assign(
             dev=(anomal.value - anomal[keys].merge(stats, left_on=keys, right_index=True, how="left")["mean"]).abs()
         )
-        worst = peaks.loc[peaks.groupby(keys).dev.idxmax().dropna()].set_index(keys)
+        # A series with no history before t0 has no deviation to rank (pandas refuses idxmax over all-NA).
+        peaks = peaks.dropna(subset=["dev"])
+        if peaks.empty:
+            return []
+        worst = peaks.loc[peaks.groupby(keys).dev.idxmax()].set_index(keys)
         joined = worst.join(stats, how="inner")
         std = joined["std"].where(joined["std"] > 1e-9 + 1e-3 * joined["mean"].abs(), np.nan)
         z = (joined.dev / std).fillna(0.0)

@@ -296,3 +296,20 @@ def test_analyze_streams_progress_then_the_report() -> None:
     assert updates[-1].report.candidates[0].service == "cart"
     assert [u.agents_finished for u in updates[:-1]] == list(range(1, 13))
     assert app.report(updates[-1].report.id) is not None
+
+
+def test_metric_series_with_no_history_before_the_incident_rank_nothing_instead_of_failing() -> None:
+    from services.rca.tools import MetricTool
+
+    # A fresh start: every series begins at the incident, so there is no normal behaviour to deviate from.
+    metrics = pd.DataFrame(
+        {
+            "time": [T0, T0 + 1, T0],
+            "service": ["cart", "cart", "db"],
+            "pod": "",
+            "metric": "cpu",
+            "value": [1.0, 2.0, 3.0],
+        }
+    )
+    window = Telemetry("test", T0, T0 + 60, pd.DataFrame(), metrics, pd.DataFrame())
+    assert MetricTool(window).fluctuations() == []
