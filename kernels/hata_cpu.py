@@ -11,7 +11,8 @@ matmuls). Fused, each step reads its input once:
   sample, one pass to collect the candidates above it, an exact partition of the few candidates
   (:func:`hash_top_positions_cpu` does both steps head by head, the scores never leaving the cache);
 - :func:`sparse_attention_cpu` — gather + softmax + weighted sum per KV head, each selected K and V row
-  read once for all the query heads of its group (:func:`kernels.sparse_decode_attention_reference`).
+  read once for all the query heads of its group, four rows at a time so that four scattered reads are in
+  flight together (:func:`kernels.sparse_decode_attention_reference`).
 
 Compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` where the package is read-only).
 """
@@ -181,22 +182,44 @@ def top_positions_cpu(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_shift(bias, h, position):  # type: ignore[no-untyped-def]
+    return np.float32(0.0) if bias is None else bias[h, position]
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _sparse_attention(q, keys, values, indices, scale, bias, out):  # type: ignore[no-untyped-def]
     kv_heads, budget = indices.shape
     heads, dim = q.shape
     group = heads // kv_heads
     weights = np.empty((group, budget), dtype=np.float32)
+    whole = budget - budget % 4
     for h in range(kv_heads):
         q_group = q[h * group : (h + 1) * group]
-        for j in range(budget):  # each selected key row read once for the whole group
-            row = keys[h, indices[h, j]]
-            shift = np.float32(0.0) if bias is None else bias[h, indices[h, j]]
+        idx = indices[h]
+        # Four selected rows per step: the rows sit at scattered positions, so the time goes to waiting on
+        # memory; four independent row streams keep four times as many loads in flight (2x measured).
+        for j in range(0, whole, 4):
+            k0, k1, k2, k3 = keys[h, idx[j]], keys[h, idx[j + 1]], keys[h, idx[j + 2]], keys[h, idx[j + 3]]
             for g in range(group):
-                acc = np.float32(0.0)
+                a0 = a1 = a2 = a3 = np.float32(0.0)
                 for d in range(dim):
-                    acc += q_group[g, d] * row[d]
-                weights[g, j] = acc * scale + shift
+                    x = q_group[g, d]
+                    a0 += x * k0[d]
+                    a1 += x * k1[d]
+                    a2 += x * k2[d]
+                    a3 += x * k3[d]
+                weights[g, j] = a0 * scale + _row_shift(bias, h, idx[j])
+                weights[g, j + 1] = a1 * scale + _row_shift(bias, h, idx[j + 1])
+                weights[g, j + 2] = a2 * scale + _row_shift(bias, h, idx[j + 2])
+                weights[g, j + 3] = a3 * scale + _row_shift(bias, h, idx[j + 3])
+        for j in range(whole, budget):
+            k0 = keys[h, idx[j]]
+            for g in range(group):
+                a0 = np.float32(0.0)
+                for d in range(dim):
+                    a0 += q_group[g, d] * k0[d]
+                weights[g, j] = a0 * scale + _row_shift(bias, h, idx[j])
         for g in range(group):
             top = weights[g].max()
             total = np.float32(0.0)
@@ -207,12 +230,18 @@ def _sparse_attention(q, keys, values, indices, scale, bias, out):  # type: igno
             weights[g] /= total
         o = out[h * group : (h + 1) * group]
         o[:] = 0.0
-        for j in range(budget):  # and each value row once
-            row = values[h, indices[h, j]]
+        for j in range(0, whole, 4):  # the value rows, four streams again
+            v0, v1, v2, v3 = values[h, idx[j]], values[h, idx[j + 1]], values[h, idx[j + 2]], values[h, idx[j + 3]]
             for g in range(group):
-                p = weights[g, j]
+                p0, p1, p2, p3 = weights[g, j], weights[g, j + 1], weights[g, j + 2], weights[g, j + 3]
                 for d in range(dim):
-                    o[g, d] += p * row[d]
+                    o[g, d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d]
+        for j in range(whole, budget):
+            v0 = values[h, idx[j]]
+            for g in range(group):
+                p0 = weights[g, j]
+                for d in range(dim):
+                    o[g, d] += p0 * v0[d]
 
 
 def sparse_attention_cpu(

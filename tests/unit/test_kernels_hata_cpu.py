@@ -68,14 +68,15 @@ def test_top_positions_with_a_heavy_tail_the_sample_misses() -> None:
 
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(8, 2, 128), (4, 4, 64), (12, 3, 40)])
 @pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("budget", [60, 63, 3])  # whole steps of four rows, a remainder, only the remainder
 def test_sparse_attention_matches_the_reference_on_cache_slices(
-    heads: int, kv_heads: int, dim: int, with_bias: bool
+    heads: int, kv_heads: int, dim: int, with_bias: bool, budget: int
 ) -> None:
     n = 700
     keys = _cache_slice(torch.randn(kv_heads, 1024, dim), n)
     values = _cache_slice(torch.randn(kv_heads, 1024, dim), n)
     q = torch.randn(heads, dim) * 2
-    indices = torch.stack([torch.sort(torch.randperm(n)[:60]).values for _ in range(kv_heads)])
+    indices = torch.stack([torch.sort(torch.randperm(n)[:budget]).values for _ in range(kv_heads)])
     bias = torch.rand(kv_heads, n).log() if with_bias else None
     expected = sparse_decode_attention_reference(q, keys, values, indices, bias=bias)
     assert torch.allclose(sparse_attention_cpu(q, keys, values, indices, bias=bias), expected, atol=1e-5)
