@@ -116,9 +116,14 @@ def describe_validation_error(cls: type[BaseSettings], error: ValidationError) -
     return "\n".join(lines)
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], grpc_port: int | None = None, **overrides: object) -> S:
+    """Settings from the environment and ``overrides``; ``grpc_port`` (a service's ``--grpc-port``) replaces
+    the nested ``grpc.port`` alone, keeping the rest of its gRPC settings from the environment."""
     try:
-        return cls(**overrides)
+        settings = cls(**overrides)
     except ValidationError as error:
         print(describe_validation_error(cls, error), file=sys.stderr)
         raise SettingsError(2) from error
+    if grpc_port is not None:
+        settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"port": grpc_port})})
+    return settings

@@ -103,9 +103,7 @@ def main(argv: list[str]) -> int:
         overrides["kb_path"] = args.kb
     if args.enable_kubernetes:
         overrides["kubernetes_enabled"] = True
-    settings = load_settings(DetectorSettings, **overrides)
-    if args.grpc_port is not None:
-        settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"port": args.grpc_port})})
+    settings = load_settings(DetectorSettings, grpc_port=args.grpc_port, **overrides)
     runtime, _app = build(settings)
     runtime.run()
     return 0

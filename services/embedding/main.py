@@ -53,9 +53,7 @@ def main(argv: list[str]) -> int:
         overrides["checkpoint"] = args.checkpoint
     if args.backbone:
         overrides["backbone"] = args.backbone
-    settings = load_settings(EmbeddingSettings, **overrides)
-    if args.grpc_port is not None:
-        settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"port": args.grpc_port})})
+    settings = load_settings(EmbeddingSettings, grpc_port=args.grpc_port, **overrides)
     runtime, _engine = build(settings)
     runtime.run()
     return 0

@@ -104,9 +104,7 @@ def main(argv: list[str]) -> int:
         overrides["http_port"] = args.http_port
     if args.attention:
         overrides["attention_backend"] = args.attention
-    settings = load_settings(InferenceSettings, **overrides)
-    if args.grpc_port is not None:
-        settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"port": args.grpc_port})})
+    settings = load_settings(InferenceSettings, grpc_port=args.grpc_port, **overrides)
     runtime, _engine = build(settings)
     runtime.run()
     return 0

@@ -84,9 +84,7 @@ def main(argv: list[str]) -> int:
         overrides["llm_base_url"] = args.llm
     if args.model:
         overrides["llm_model"] = args.model
-    settings = load_settings(KgBuilderSettings, **overrides)
-    if args.grpc_port is not None:
-        settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"port": args.grpc_port})})
+    settings = load_settings(KgBuilderSettings, grpc_port=args.grpc_port, **overrides)
     runtime, _kg = build(settings)
     runtime.run()
     return 0

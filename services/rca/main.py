@@ -81,9 +81,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="faultline serve rca")
     parser.add_argument("--grpc-port", type=int)
     args = parser.parse_args(argv)
-    settings = load_settings(RcaSettings)
-    if args.grpc_port is not None:
-        settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"port": args.grpc_port})})
+    settings = load_settings(RcaSettings, grpc_port=args.grpc_port)
     runtime, _app = build(settings)
     runtime.run()
     return 0

@@ -37,3 +37,11 @@ def test_tls_files_must_come_in_pairs(monkeypatch: pytest.MonkeyPatch, tmp_path)
     monkeypatch.setenv("FAULTLINE_GRPC__TLS_CERTFILE", str(tmp_path / "cert.pem"))
     with pytest.raises(SettingsError):
         load_settings(ServiceSettings)
+
+
+def test_a_grpc_port_flag_replaces_only_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAULTLINE_GRPC__PORT", "7000")
+    monkeypatch.setenv("FAULTLINE_GRPC__MAX_MESSAGE_BYTES", "1048576")
+    settings = load_settings(ServiceSettings, grpc_port=7001)
+    assert (settings.grpc.port, settings.grpc.max_message_bytes) == (7001, 1048576)
+    assert load_settings(ServiceSettings).grpc.port == 7000
