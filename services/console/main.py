@@ -39,7 +39,7 @@ def build(settings: ConsoleSettings) -> tuple[ServiceRuntime, ConsoleStore]:
             return stub.Neighbours(kg_pb2.NeighboursRequest(entity=entity, limit=50), timeout=5)
 
     app = create_app(store, InferenceFigures(settings.inference_metrics_url), neighbours)
-    http = HttpServer(app, settings.http_host, settings.http_port)
+    http = HttpServer(app, settings.http_host, settings.http_port, token=settings.grpc.auth_token)
     runtime.add_lifecycle(http.start, http.stop)
     return runtime, store
 

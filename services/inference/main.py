@@ -76,7 +76,8 @@ def _serve(settings: InferenceSettings, engine: Engine | ReplayEngine, name: str
     runtime = ServiceRuntime("inference", settings)
     runtime.add_grpc_service(kserve_service(KServeServicer(engine, name)))
     runtime.add_lifecycle(engine.start, engine.stop)
-    http = HttpServer(create_app(engine, name, settings.default_max_tokens), settings.http_host, settings.http_port)
+    app = create_app(engine, name, settings.default_max_tokens)
+    http = HttpServer(app, settings.http_host, settings.http_port, token=settings.grpc.auth_token)
     runtime.add_lifecycle(http.start, http.stop)
     return runtime
 

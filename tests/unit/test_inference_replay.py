@@ -15,6 +15,7 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from services.common.settings import GrpcSettings
 from services.inference.main import InferenceSettings, build
@@ -33,7 +34,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serving(recording: Path, record_from: str | None = None) -> Iterator[dict]:
+def _serving(recording: Path, record_from: str | None = None, token: str | None = None) -> Iterator[dict]:
     http_port = _free_port()
     settings = InferenceSettings(
         replay_path=recording,
@@ -41,7 +42,7 @@ def _serving(recording: Path, record_from: str | None = None) -> Iterator[dict]:
         metrics_port=0,
         heartbeat_s=0,
         http_port=http_port,
-        grpc=GrpcSettings(port=0, shutdown_grace_s=0.5),
+        grpc=GrpcSettings(port=0, shutdown_grace_s=0.5, auth_token=token),
     )
     runtime, engine = build(settings)
     grpc_port = runtime.start()
@@ -128,3 +129,24 @@ def test_a_malformed_recording_is_refused_at_start_with_its_line(tmp_path: Path)
     path.write_text(json.dumps({"messages": DIAGNOSIS}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: a recorded entry needs 'completion'"):
         build(InferenceSettings(replay_path=path, metrics_port=0, heartbeat_s=0))
+
+
+def test_with_a_token_both_front_ends_need_it_and_health_stays_open(recording: Path) -> None:
+    with _serving(recording, token="s3cret") as server:
+        with pytest.raises(openai.AuthenticationError, match="missing or invalid bearer token"):
+            openai.OpenAI(base_url=server["http"], api_key="wrong").chat.completions.create(
+                model="replay", messages=DIAGNOSIS
+            )
+        reply = openai.OpenAI(base_url=server["http"], api_key="s3cret").chat.completions.create(
+            model="replay", messages=DIAGNOSIS
+        )
+        assert reply.choices[0].message.content == ANSWER
+        assert httpx.get(server["http"].removesuffix("/v1") + "/health").status_code == 200  # probes
+        assert httpx.get(server["http"] + "/models").status_code == 401
+        client = grpcclient.InferenceServerClient(server["grpc"])
+        text = grpcclient.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"summarise: disk full on node-3"], dtype=np.object_))
+        with pytest.raises(InferenceServerException, match="bearer token"):
+            client.infer("replay", [text])
+        result = client.infer("replay", [text], headers={"authorization": "Bearer s3cret"})
+        assert result.as_numpy("text_output")[0].decode().endswith("node-3 ran out of disk space")
