@@ -36,6 +36,7 @@ class RcaSettings(ServiceSettings):
     # Any OpenAI-compatible endpoint (the inference service's HTTP front end, or a replay server).
     llm_base_url: str | None = None
     llm_model: str = "faultline"
+    llm_api_key: str = "unused"  # the endpoint's bearer token (this release's inference: its auth token)
     llm_timeout_s: float = Field(30.0, gt=0)
     llm_retries: int = Field(2, ge=0)
 
@@ -46,6 +47,7 @@ def reasoners(settings: RcaSettings) -> dict[str, object]:
         out["llm"] = lambda: LlmReasoner(
             settings.llm_base_url or "",
             settings.llm_model,
+            api_key=settings.llm_api_key,
             timeout_s=settings.llm_timeout_s,
             retries=settings.llm_retries,
         )
@@ -99,7 +101,9 @@ def analyze_case(argv: list[str]) -> int:
     if args.mode == "llm":
         if not settings.llm_base_url:
             raise SystemExit("--mode llm needs FAULTLINE_LLM_BASE_URL (an OpenAI-compatible endpoint)")
-        reasoner = LlmReasoner(settings.llm_base_url, settings.llm_model, timeout_s=settings.llm_timeout_s)
+        reasoner = LlmReasoner(
+            settings.llm_base_url, settings.llm_model, api_key=settings.llm_api_key, timeout_s=settings.llm_timeout_s
+        )
     else:
         reasoner = EvidenceReasoner()
     report = analyze(load_case(args.case), reasoner, options(settings)).report

@@ -157,6 +157,18 @@ def test_model_from_an_init_container() -> None:
     assert {v["name"]: v for v in spec["volumes"]}["model"]["emptyDir"]["sizeLimit"] == "100Gi"
 
 
+def test_the_agents_carry_the_release_token_to_its_inference_api() -> None:
+    def llm_key(docs: list[dict], name: str) -> dict | None:
+        container = by_component(docs, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e for e in container["env"]}.get("FAULTLINE_LLM_API_KEY")
+
+    docs = render("--set", "auth.existingSecret=fl-token")
+    for name in ("rca", "kg-builder"):  # inference's HTTP API asks for the same bearer token as its gRPC
+        key = llm_key(docs, name)
+        assert key is not None and key["valueFrom"]["secretKeyRef"]["name"] == "fl-token"
+    assert llm_key(render(), "rca") is None  # no auth: nothing to send
+
+
 # ---- switches --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", SERVICES)
 def test_disabled_service_renders_nothing(name: str) -> None:

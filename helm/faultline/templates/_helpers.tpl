@@ -251,5 +251,11 @@ nodeAffinity:
   value: {{ $url | quote }}
 - name: FAULTLINE_LLM_MODEL
   value: {{ $model | quote }}
+{{- if and (not .Values.llm.baseUrl) .Values.auth.existingSecret }}
+{{- /* This release's inference wants the release's bearer token on its OpenAI API too. */}}
+- name: FAULTLINE_LLM_API_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.auth.existingSecret | quote }}, key: {{ .Values.auth.tokenKey | quote }}}
+{{- end }}
 {{- end }}
 {{- end -}}
