@@ -228,17 +228,23 @@ def _failure_text(summary: str, reason: str, symptoms: Iterable[str]) -> str:
     return ". ".join(p.strip().rstrip(".") for p in parts if p.strip())
 
 
+def _agent_failure(out: Extraction, source_id: str, agent: str, system: str, failure_type: str) -> tuple[str, str]:
+    """The triples every failure of an agent run states (confirmed alert or knowledge-base case):
+    (failure node, the agent it is blamed on, or the system when no agent is named)."""
+    node, target = failure_node(source_id), agent or system
+    out.add(node, "has root cause", target, "failure", "agent", "entity")
+    out.add(node, "has fault type", failure_type, "failure", "fault type", "entity")
+    out.add(target, "suffered", failure_type, "agent", "fault type", "entity")
+    if system:
+        out.add(node, "occurred in", system, "failure", "system", "entity")
+    return node, target
+
+
 def extract_alert(alert: detector_pb2.Alert) -> Extraction:
     if not alert.id or not alert.failure_type:
         raise ValueError("a confirmed alert needs an id and a failure_type")
     out = Extraction(alert.id, "alert")
-    node = failure_node(alert.id)
-    target = alert.agent or alert.system
-    out.add(node, "has root cause", target, "failure", "agent", "entity")
-    out.add(node, "has fault type", alert.failure_type, "failure", "fault type", "entity")
-    out.add(target, "suffered", alert.failure_type, "agent", "fault type", "entity")
-    if alert.system:
-        out.add(node, "occurred in", alert.system, "failure", "system", "entity")
+    node, target = _agent_failure(out, alert.id, alert.agent, alert.system, alert.failure_type)
     for case in alert.matched:
         out.add(node, "resembles", failure_node(case.case_id), "failure", "failure", "entity")
     summary = f"{alert.failure_type} at step {alert.step_index} of agent {alert.agent} in {alert.system}"
@@ -252,13 +258,7 @@ def extract_failure_case(case: detector_pb2.FailureCase) -> Extraction:
     if not case.id or not case.failure_type:
         raise ValueError("a failure case needs an id and a failure_type")
     out = Extraction(case.id, "failure-case")
-    node = failure_node(case.id)
-    target = case.agent or case.system
-    out.add(node, "has root cause", target, "failure", "agent", "entity")
-    out.add(node, "has fault type", case.failure_type, "failure", "fault type", "entity")
-    out.add(target, "suffered", case.failure_type, "agent", "fault type", "entity")
-    if case.system:
-        out.add(node, "occurred in", case.system, "failure", "system", "entity")
+    node, target = _agent_failure(out, case.id, case.agent, case.system, case.failure_type)
     if case.mitigation:
         out.add(node, "mitigated by", case.mitigation, "failure", "mitigation", "entity")
         out.add(case.failure_type, "mitigated by", case.mitigation, "fault type", "mitigation", "entity")
