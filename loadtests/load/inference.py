@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import time
 import uuid
@@ -20,6 +19,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 
+from deploy.kafka.broker import free_port
 from loadtests.bench import RESULTS
 from loadtests.load import knee
 from services.common.settings import GrpcSettings
@@ -32,12 +32,6 @@ LEVELS = [int(x) for x in os.environ.get("FAULTLINE_LOAD_STREAMS", "1,2,4,8,16")
 SECONDS = float(os.environ.get("FAULTLINE_LOAD_SECONDS", "8"))  # per level
 PROMPT_TOKENS, NEW_TOKENS = 512, 32
 COMMAND = "make loadtest LOAD=inference  (or: faultline loadtest inference)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _inputs(prompt: str) -> list[grpcclient.InferInput]:
@@ -100,7 +94,7 @@ def _level(address: str, model: str, prompt: str, streams: int) -> dict[str, flo
 
 
 def run() -> dict:
-    http_port = _free_port()
+    http_port = free_port()
     settings = InferenceSettings(
         model_path=CHECKPOINT,
         metrics_port=0,

@@ -34,12 +34,6 @@ LATE = Counter("faultline_embedding_late_total", "Telemetry items dropped for ar
 EMBED_SECONDS = Histogram("faultline_embedding_window_seconds", "Time to score, embed and classify one window")
 
 
-def _timestamp(seconds: float) -> common_pb2.TimeWindow:
-    window = common_pb2.TimeWindow()
-    window.start.FromNanoseconds(int(seconds * 1e9))
-    return window
-
-
 def to_proto(piece: Slice, prediction: Prediction, version: str) -> embedding_pb2.StateEmbedding:
     window = piece.window
     span = common_pb2.TimeWindow()

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from deploy.kafka.broker import free_port
 from services.common.llm import LLMClient
 from services.common.pb.faultline.v1 import detector_pb2, kg_pb2, rca_pb2
 from services.common.text_encoder import SentenceEncoder, shared_encoder
@@ -80,16 +80,10 @@ def write_recording(path: Path = RECORDING) -> int:
     return len(entries)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def replay_server(recording: Path = RECORDING) -> Iterator[str]:
     """The inference service in replay mode, as its own process (a service never imports another)."""
-    port = _free_port()
+    port = free_port()
     env = os.environ | {"FAULTLINE_METRICS_PORT": "0", "FAULTLINE_HEARTBEAT_S": "0"}
     command = [sys.executable, "-m", "services.cli", "serve", "inference", "--replay", str(recording),
                "--http-port", str(port), "--grpc-port", "0"]  # fmt: skip

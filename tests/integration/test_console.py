@@ -5,7 +5,6 @@ Screenshots are kept under test-artifacts/."""
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.kafka.broker import free_port
 from services.common import topics
 from services.common.admin import ensure_topics
 from services.common.bus import Publisher
@@ -27,16 +27,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def console(kafka: KafkaSettings) -> Iterator[tuple[str, object]]:
     ensure_topics(kafka, CATALOGUE)
-    port = _free_port()
+    port = free_port()
     settings = ConsoleSettings(kafka=kafka, http_port=port, grpc=GrpcSettings(port=0), metrics_port=0, heartbeat_s=0)
     runtime, store = build(settings)
     runtime.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 from tritonclient.utils import InferenceServerException
 
+from deploy.kafka.broker import free_port
 from services.common.settings import GrpcSettings
 from services.inference.main import InferenceSettings, build
 from services.inference.shapes import make_random_checkpoint
@@ -27,16 +27,10 @@ MODEL = "tiny-llm"
 PROMPT = "root cause: cpu hog on the currency service"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     checkpoint = make_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / MODEL, max_context=512)
-    http_port = _free_port()
+    http_port = free_port()
     settings = InferenceSettings(
         model_path=Path(checkpoint),
         metrics_port=0,

@@ -4,7 +4,6 @@ are clear client errors, and a recording made through --record-from replays the 
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from deploy.kafka.broker import free_port
 from services.common.settings import GrpcSettings
 from services.inference.main import InferenceSettings, build
 
@@ -27,15 +27,9 @@ DIAGNOSIS = [
 ANSWER = '{"root_cause": "paymentservice", "fault": "cpu", "confidence": 0.9}'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _serving(recording: Path, record_from: str | None = None, token: str | None = None) -> Iterator[dict]:
-    http_port = _free_port()
+    http_port = free_port()
     settings = InferenceSettings(
         replay_path=recording,
         record_from=record_from,

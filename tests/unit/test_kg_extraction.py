@@ -3,13 +3,13 @@ project's recording (hand-written answers), and concept merging with the sentenc
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from deploy.kafka.broker import free_port
 from services.common.llm import LLMClient, LLMError
 from services.common.settings import GrpcSettings
 from services.common.text_encoder import shared_encoder
@@ -21,15 +21,9 @@ from services.kg_builder.service import KnowledgeGraph
 from services.kg_builder.store import KgStore
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llm_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     settings = InferenceSettings(
         replay_path=RECORDING, metrics_port=0, heartbeat_s=0, http_port=port, grpc=GrpcSettings(port=0)
     )
