@@ -3,7 +3,8 @@
 Each prompt is prefilled once with exact attention; every backend then answers the final
 query token from a copy of that cache (HATA's codes computed, Chelsea's clustering applied,
 as the backend would have after its own prefill). The decode step is where the backends
-differ, so this measures each one on identical prompts at a fraction of the cost.
+differ, so this measures each one on identical prompts at a fraction of the cost;
+``FAULTLINE_BENCH_STREAM=N`` decodes the last N prompt tokens one by one before the question.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ CHECKPOINT = Path(
 )
 LENGTHS = [int(x) for x in os.environ.get("FAULTLINE_BENCH_LENGTHS", "4096,8192,16384").split(",")]
 PROMPTS = int(os.environ.get("FAULTLINE_BENCH_PROMPTS", "40"))
+# The last STREAM prompt tokens go through decode steps one at a time, so that what a backend does
+# while decoding (Chelsea's compression rounds) acts on the cache before the question is answered.
+STREAM = int(os.environ.get("FAULTLINE_BENCH_STREAM", "0"))
 COMMAND = "make bench BENCH=retrieval  (or: faultline bench retrieval)"
 
 
@@ -100,9 +104,15 @@ def run() -> dict:
     for length in LENGTHS:
         hits = dict.fromkeys(configs, 0)
         for prompt in retrieval_prompts(length, PROMPTS, seed=0):
-            base = prefilled(model, prompt.tokens[:-1])
+            streamed = prompt.tokens[-1 - STREAM : -1]
+            base = prefilled(model, prompt.tokens[: -1 - STREAM])
             for name, backend in backends.items():
                 cache = adopted(backend, base)
+                for offset, token in enumerate(streamed):
+                    position = length - 1 - STREAM + offset
+                    model.forward_packed(
+                        torch.tensor([token]), torch.tensor([position]), [Segment(cache, 0, 1, backend)]
+                    )
                 start = time.perf_counter()
                 logits = model.forward_packed(
                     torch.tensor(prompt.tokens[-1:]), torch.tensor([length - 1]), [Segment(cache, 0, 1, backend)]
@@ -125,6 +135,7 @@ def run() -> dict:
         "command": COMMAND,
         "checkpoint": str(CHECKPOINT),
         "prompts_per_length": PROMPTS,
+        "streamed_decode_tokens": STREAM,
         "accuracy": accuracy,
         "decode_step_ms_median": {name: statistics.median(t) for name, t in decode_ms.items()},
         "certified": {

@@ -76,6 +76,23 @@ class LayerCache:
         for name, values in extras.items():
             self.extras[name][:, : self.length] = values
 
+    def splice(self, start: int, end: int, k: torch.Tensor, v: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
+        """Replace entries [start, end) by the shorter run ``k``/``v`` and close the gap (later entries move down).
+
+        Extras named in ``extras`` get those values for the new run; the others move with their
+        tokens too, but their values over the new run are stale until the caller rewrites them.
+        """
+        count, tail = k.shape[1], self.length - end
+        if count > end - start:
+            raise ValueError(f"splice may only shrink the cache: {count} entries for [{start}, {end})")
+        buffers = {"k": self.k, "v": self.v, **self.extras}
+        new = {"k": k, "v": v, **extras}
+        for name, buffer in buffers.items():
+            buffer[:, start + count : start + count + tail] = buffer[:, end : self.length].clone()  # overlapping
+            if name in new:
+                buffer[:, start : start + count] = new[name]
+        self.length = start + count + tail
+
     def extra(self, name: str) -> torch.Tensor:
         return self.extras[name][:, : self.length]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from kernels import hash_encode_reference
 from kernels import soft_matching_reference as soft_matching
 from services.inference.attention import create_backend
 from services.inference.attention.base import decode_attention
@@ -65,6 +66,49 @@ def test_prefill_compresses_to_budget_and_keeps_sinks_and_recent() -> None:
     assert cache.extra("chelsea_size").sum(1).tolist() == [1060.0, 1060.0]
 
 
+def test_splice_replaces_a_run_and_moves_later_entries_down() -> None:
+    cache = SequenceCache.empty(1, 1, 2, torch.float32).layers[0]
+    keys = torch.arange(20.0).view(1, 10, 2)
+    cache.append(keys, -keys)
+    cache.write_extra("size", 0, torch.ones(1, 10))
+    cache.write_extra("code", 0, torch.arange(10).view(1, 10))
+    cache.splice(3, 7, torch.full((1, 2, 2), 99.0), torch.full((1, 2, 2), -99.0), {"size": torch.full((1, 2), 2.0)})
+    assert cache.length == 8
+    assert cache.keys()[0, :, 0].tolist() == [0, 2, 4, 99, 99, 14, 16, 18]
+    assert cache.values()[0, :, 0].tolist() == [0, -2, -4, -99, -99, -14, -16, -18]
+    assert cache.extra("size")[0].tolist() == [1, 1, 1, 2, 2, 1, 1, 1]
+    assert cache.extra("code")[0, [0, 1, 2, 5, 6, 7]].tolist() == [0, 1, 2, 7, 8, 9]  # moved with their tokens
+
+
+def test_decode_rounds_merge_only_the_newest_span_and_conserve_tokens() -> None:
+    keys, values = torch.randn(2, 4000, 8), torch.randn(2, 4000, 8)
+    backend = create_backend("chelsea", budget=0.2, sinks=4, recent=16, interval=32, chunk=16)
+    cache = SequenceCache.empty(1, 2, 8, torch.float32).layers[0]
+    backend.prefill(0, torch.randn(4, 4000, 8), keys, values, cache)
+    after_prefill = cache.keys().clone()
+    rounds = cache.stats["chelsea_compressions"]
+    for _ in range(200):
+        backend.decode(0, torch.randn(4, 1, 8), torch.randn(2, 1, 8), torch.randn(2, 1, 8), cache)
+    assert cache.stats["chelsea_compressions"] - rounds >= 4
+    assert cache.length <= int(0.2 * 4200) + 32
+    assert cache.extra("chelsea_size").sum(1).tolist() == [4200.0, 4200.0]
+    # The older middle is left as it was: each round only reaches back one span from the newest tokens.
+    untouched = after_prefill.shape[1] - 16 - 2 * 3 * 40
+    assert torch.equal(cache.keys()[:, :untouched], after_prefill[:, :untouched])
+
+
+def test_a_layer_with_outlier_heads_compresses_once_per_interval(tmp_path: Path) -> None:
+    (tmp_path / "outliers.json").write_text(json.dumps({"outlier_heads": {"0": [1]}}))
+    backend = create_backend("chelsea", budget=0.25, sinks=4, recent=16, outliers=str(tmp_path / "outliers.json"))
+    cache = SequenceCache.empty(1, 2, 8, torch.float32).layers[0]
+    backend.prefill(0, torch.randn(4, 400, 8), torch.randn(2, 400, 8), torch.randn(2, 400, 8), cache)
+    rounds = cache.stats["chelsea_compressions"]
+    for _ in range(60):  # the padded cache stays longer than the budget; only real entries count
+        backend.decode(0, torch.randn(4, 1, 8), torch.randn(2, 1, 8), torch.randn(2, 1, 8), cache)
+    assert cache.stats["chelsea_compressions"] - rounds == 1
+    assert cache.extra("chelsea_size").sum(1).tolist() == [460.0, 460.0]
+
+
 def test_outlier_heads_stay_whole_and_padding_carries_no_weight(tmp_path: Path) -> None:
     (tmp_path / "outliers.json").write_text(json.dumps({"outlier_heads": {"0": [1]}}))
     keys, values = torch.randn(2, 400, 8), torch.randn(2, 400, 8)
@@ -111,6 +155,7 @@ def test_chelsea_hata_selects_among_merged_entries(tmp_path: Path) -> None:
         assert cache.extra("hata_codes").shape[1] == cache.length <= 400  # codes follow the merged entries
         q = keys[[0, 0, 1, 1], 1500][:, None] * 3
         outputs[hash_budget] = backend.decode(0, q, torch.zeros(2, 1, 8), torch.zeros(2, 1, 8), cache)
+    hashed = cache
     chelsea = create_backend("chelsea", budget=0.2)
     cache = SequenceCache.empty(1, 2, 8, torch.float32).layers[0]
     chelsea.prefill(0, torch.randn(4, 2000, 8), keys, values, cache)
@@ -118,6 +163,10 @@ def test_chelsea_hata_selects_among_merged_entries(tmp_path: Path) -> None:
         0, keys[[0, 0, 1, 1], 1500][:, None] * 3, torch.zeros(2, 1, 8), torch.zeros(2, 1, 8), cache
     )
     assert torch.allclose(outputs[1.0], reference, atol=1e-5)  # a full hash budget is plain Chelsea
+    for _ in range(100):  # decode rounds splice merged entries in: their codes are recomputed, the rest move along
+        backend.decode(0, torch.randn(4, 1, 8), torch.randn(2, 1, 8), torch.randn(2, 1, 8), hashed)
+    assert hashed.stats["chelsea_compressions"] >= 3
+    assert torch.equal(hashed.extra("hata_codes"), hash_encode_reference(hashed.keys(), backend.hata.weights[0]))
     assert ((outputs[0.25] - reference).norm(dim=-1) / reference.norm(dim=-1)).max() < 0.5
 
 

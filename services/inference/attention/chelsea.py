@@ -13,7 +13,11 @@ Nearby keys are highly similar, so the cache can merge them instead of evicting 
   stands for (ToMe's proportional attention).
 
 It runs after prefill and then, during decode, whenever the cache exceeds budget + ``interval``
-entries, compressing back to the budget (several rounds when one halving is not enough).
+entries, compressing back to the budget (several rounds when one halving is not enough). Prefill
+merges over the whole middle; a decode round merges only the newest span of it (the tokens that
+left the recent window since the last round and as many older entries), so each round costs
+O(interval) instead of O(cache) — at 64K a whole-middle round took ~100 ms every 32 steps, more
+than the attention it saves.
 Outlier heads, found by a calibration pass and saved with the model, stay uncompressed; their
 uncompressed length is kept by padding the compressed heads with size-0 entries, which attend
 with weight zero and are not counted as held memory.
@@ -89,29 +93,44 @@ class ChelseaBackend(AttentionBackend):
         return int(self.budget * seen) if self.budget <= 1 else int(self.budget)
 
     def adopt(self, layer: int, cache: LayerCache) -> None:
-        self._sizes(cache, 0, cache.length)
+        self._admitted(layer, cache, 0, cache.length)
         self.compress(layer, cache, self._target(cache.length))
 
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         start = cache.length
-        if start:  # a later prefill chunk sees merged entries: attend with their sizes
-            cache.append(k, v)
-            self._sizes(cache, start, k.shape[1])
-            out = self._attend_chunk(q, cache)
-        else:
-            cache.append(k, v)
-            self._sizes(cache, start, k.shape[1])
-            out = causal_attention(q, cache.keys(), cache.values())
+        cache.append(k, v)
+        self._admitted(layer, cache, start, k.shape[1])
+        # A later prefill chunk sees merged entries: attend with their sizes.
+        out = self._attend_chunk(q, cache) if start else causal_attention(q, cache.keys(), cache.values())
         self.compress(layer, cache, self._target(self._seen(cache)))
         return out
 
     def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        cache.append(k, v)
-        self._sizes(cache, cache.length - 1, 1)
-        target = self._target(self._seen(cache))
-        if cache.length > target + self.interval:
-            self.compress(layer, cache, target)
+        self.admit(layer, k, v, cache)
         return decode_attention(q, cache.keys(), cache.values(), bias=self._bias(cache))
+
+    def admit(self, layer: int, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> None:
+        """Append one decode token and, once the cache is ``interval`` entries over budget, merge back to it."""
+        start = cache.length
+        cache.append(k, v)
+        self._admitted(layer, cache, start, k.shape[1])
+        target = self._target(self._seen(cache))
+        if self._held(layer, cache) <= target + self.interval:
+            return
+        if self.outliers.get(layer):  # padded heads: the whole-middle path knows their layout
+            self.compress(layer, cache, target)
+        else:
+            self.compress_newest(layer, cache, target)
+
+    # -- hooks for backends that keep more per entry ----------------------------------------------
+
+    def _admitted(self, layer: int, cache: LayerCache, start: int, count: int) -> None:
+        """New tokens [start, start+count) entered the cache, each standing for itself."""
+        self._sizes(cache, start, count)
+
+    def _rewritten(self, layer: int, cache: LayerCache, start: int, count: int) -> None:
+        """Entries [start, start+count) were replaced by merged ones (their K/V and sizes are set)."""
+        return
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -123,6 +142,14 @@ class ChelseaBackend(AttentionBackend):
     def _seen(cache: LayerCache) -> int:
         """Tokens the cache stands for: the largest total size over heads (outlier heads hold them all)."""
         return int(cache.extra("chelsea_size").sum(1).max())
+
+    def _held(self, layer: int, cache: LayerCache) -> int:
+        """Entries a compressed head holds: the cache length, less the padding when the layer has outlier heads."""
+        outliers = self.outliers.get(layer, [])
+        if not outliers:
+            return cache.length
+        compressed = [h for h in range(cache.kv_heads) if h not in outliers]
+        return int((cache.extra("chelsea_size")[compressed[0]] > 0).sum()) if compressed else 0
 
     @staticmethod
     def _bias(cache: LayerCache) -> torch.Tensor:
@@ -176,5 +203,27 @@ class ChelseaBackend(AttentionBackend):
         new_v[idx, self.sinks : self.sinks + kept] = v_mid
         new_s[idx, self.sinks : self.sinks + kept] = s_mid
         cache.rewrite(new_k, new_v, {"chelsea_size": new_s})
-        stats = cache.stats
-        stats["chelsea_compressions"] = stats.get("chelsea_compressions", 0) + 1
+        self._rewritten(layer, cache, 0, cache.length)
+        self._count_round(cache)
+
+    def compress_newest(self, layer: int, cache: LayerCache, target: int) -> None:
+        """Merge down to ``target`` inside the newest span of the middle only (no outlier heads in the layer)."""
+        middle_end = cache.length - self.recent
+        remove = cache.length - target
+        span = min(middle_end - self.sinks, max(self.chunk, 2 * remove))  # one round can at most halve
+        if remove <= 0 or span < 2:
+            return
+        start = middle_end - span
+        k_mid = cache.keys()[:, start:middle_end]
+        v_mid = cache.values()[:, start:middle_end]
+        s_mid = cache.extra("chelsea_size")[:, start:middle_end]
+        goal = max(1, span - remove)
+        while k_mid.shape[1] > goal:
+            k_mid, v_mid, s_mid = merge_round(k_mid, v_mid, s_mid, k_mid.shape[1] - goal, self.chunk)
+        cache.splice(start, middle_end, k_mid, v_mid, {"chelsea_size": s_mid})
+        self._rewritten(layer, cache, start, k_mid.shape[1])
+        self._count_round(cache)
+
+    @staticmethod
+    def _count_round(cache: LayerCache) -> None:
+        cache.stats["chelsea_compressions"] = cache.stats.get("chelsea_compressions", 0) + 1

@@ -34,30 +34,19 @@ class ChelseaHataBackend(ChelseaBackend):
     def validate(self, config: ModelConfig) -> None:
         self.hata.validate(config)
 
-    def _recode(self, layer: int, cache: LayerCache) -> None:
+    def _admitted(self, layer: int, cache: LayerCache, start: int, count: int) -> None:
+        super()._admitted(layer, cache, start, count)
+        self._encode(layer, cache, start, count)
+
+    def _rewritten(self, layer: int, cache: LayerCache, start: int, count: int) -> None:
+        self._encode(layer, cache, start, count)  # a merged entry's code is its mean key's
+
+    def _encode(self, layer: int, cache: LayerCache, start: int, count: int) -> None:
         if self.hata.hashed(layer):
-            self.hata.encode_keys(layer, cache.keys(), cache, 0)
-
-    def compress(self, layer: int, cache: LayerCache, target: int) -> None:
-        """Merge as Chelsea does, then recode the merged entries (also covers adopt(), which compresses)."""
-        before = cache.length
-        super().compress(layer, cache, target)
-        if cache.length != before or "hata_codes" not in cache.extras:
-            self._recode(layer, cache)
-
-    def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        out = super().prefill(layer, q, k, v, cache)
-        self._recode(layer, cache)  # compress() recodes only when it merged something
-        return out
+            self.hata.encode_keys(layer, cache.keys()[:, start : start + count], cache, start)
 
     def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        cache.append(k, v)
-        self._sizes(cache, cache.length - 1, 1)
-        if self.hata.hashed(layer):
-            self.hata.encode_keys(layer, k, cache, cache.length - 1)
-        target = self._target(self._seen(cache))
-        if cache.length > target + self.interval:
-            self.compress(layer, cache, target)
+        self.admit(layer, k, v, cache)
         bias = self._bias(cache)
         keep = select_budget(self.hata.budget, cache.length)
         if not self.hata.hashed(layer) or keep >= cache.length:
