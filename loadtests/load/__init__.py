@@ -12,6 +12,7 @@ from loadtests.bench import run_each
 LOADTESTS: dict[str, str] = {
     "inference": "loadtests.load.inference",
     "pipeline": "loadtests.load.pipeline",
+    "rca": "loadtests.load.rca",
 }
 
 
