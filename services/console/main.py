@@ -35,8 +35,12 @@ def build(settings: ConsoleSettings) -> tuple[ServiceRuntime, ConsoleStore]:
     if settings.kg_address:
         stub = kg_pb2_grpc.KnowledgeGraphServiceStub(grpc.insecure_channel(settings.kg_address))
 
+        # One release, one token: with auth on, kg-builder wants the same bearer token the console checks.
+        token = settings.grpc.auth_token
+        metadata = [("authorization", f"Bearer {token.get_secret_value()}")] if token else None
+
         def neighbours(entity: str) -> kg_pb2.NeighboursResponse:
-            return stub.Neighbours(kg_pb2.NeighboursRequest(entity=entity, limit=50), timeout=5)
+            return stub.Neighbours(kg_pb2.NeighboursRequest(entity=entity, limit=50), timeout=5, metadata=metadata)
 
     app = create_app(store, InferenceFigures(settings.inference_metrics_url), neighbours)
     http = HttpServer(app, settings.http_host, settings.http_port, token=settings.grpc.auth_token)
