@@ -68,6 +68,12 @@ def _loadtest(args: argparse.Namespace) -> int:
     return loadtest_main(args.names)
 
 
+def _figures(args: argparse.Namespace) -> int:
+    from loadtests.figures import run
+
+    return run(args)
+
+
 def _checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -135,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     loadtest = sub.add_parser("loadtest", help="step up load until the system falls behind (all, or the ones named)")
     loadtest.add_argument("names", nargs="*")
     loadtest.set_defaults(func=_loadtest)
+    from loadtests.figures import add_arguments as add_figures_arguments
+
+    figures = sub.add_parser("figures", help="regenerate the README's Figures table from bench-results/")
+    add_figures_arguments(figures)
+    figures.set_defaults(func=_figures)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -53,9 +54,20 @@ def loglog_plot(series: dict[str, dict[int, float]], path: Path, ylabel: str, ti
 
 
 def machine() -> str:
-    import os
-
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def stamp(load_at_start: float | None = None) -> dict[str, object]:
+    """What every result records beside its figures (the README's Figures table shows it): the machine, the
+    FAULTLINE_BENCH_*/FAULTLINE_LOAD_* settings it ran with, the 1-minute load average before it started
+    (these machines are shared) and when it finished."""
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(("FAULTLINE_BENCH_", "FAULTLINE_LOAD_"))}
+    return {
+        "machine": machine(),
+        "env": env,
+        **({"load_at_start": round(load_at_start, 2)} if load_at_start is not None else {}),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def main(names: list[str] | None = None) -> int:
@@ -73,9 +85,24 @@ def run_each(registry: dict[str, str], names: list[str] | None, kind: str) -> in
     for name in chosen:
         out = RESULTS / (name if kind == "bench" else f"{kind}_{name}")
         print(f"== {kind} {name} ({machine()})", flush=True)
-        started = time.time()
+        started, load = time.time(), os.getloadavg()[0]
         result = importlib.import_module(registry[name]).run()
-        result |= {"machine": machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        result |= stamp(load)
         out.with_suffix(".json").write_text(json.dumps(result, indent=2))
         print(f"== {kind} {name} done in {time.time() - started:.0f}s -> {out.with_suffix('.json')}", flush=True)
+    return update_figures()
+
+
+def update_figures() -> int:
+    """Regenerate the README's Figures rows from what is now in bench-results/ (see loadtests/figures.py)."""
+    from loadtests.figures import DEMO_SUMMARY, README, update_readme
+
+    if not README.is_file():  # an installed copy without the repository around it
+        return 0
+    try:
+        changed = update_readme(README, RESULTS, DEMO_SUMMARY)
+    except ValueError as e:
+        print(f"figures: README not updated: {e}", file=sys.stderr)
+        return 1
+    print(f"== figures: {', '.join(changed)} updated in {README}" if changed else "== figures: README unchanged")
     return 0

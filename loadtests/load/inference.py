@@ -126,7 +126,14 @@ def run() -> dict:
     print(f"  knee: {level_knee:g} concurrent streams (beyond it throughput grows < 10% per step)")
     plot = _plot(rows)
     print(f"  plot: {plot}\n  command: {COMMAND}")
-    return {"command": COMMAND, "model": model, "new_tokens": NEW_TOKENS, "levels": rows, "knee_streams": level_knee}
+    return {
+        "command": COMMAND,
+        "model": model,
+        "prompt_tokens": PROMPT_TOKENS,
+        "new_tokens": NEW_TOKENS,
+        "levels": rows,
+        "knee_streams": level_knee,
+    }
 
 
 def _plot(rows: list[dict[str, float]]) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import Counter
@@ -231,6 +232,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-runs", type=int, default=6, help="runs per system timed through observe()")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
 
     backbone = Backbone(args.cache, threads=args.threads)
     train_runs, test_runs, held_runs = [], [], []
@@ -280,6 +282,9 @@ def main(argv: list[str]) -> int:
     results["incidents_synthetic_states"] = incident_figures()
     for policy, figures in results["incidents_synthetic_states"].items():
         print(f"  incidents ({policy}, synthetic states): {figures}")
+    from loadtests.bench import stamp
+
+    results |= stamp(load)  # machine, settings, load, date: the README's Figures table shows them
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "eager-eval.json").write_text(json.dumps(results, indent=2))
     plot(results, RESULTS / "eager-eval.png")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -206,7 +207,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate-scale", type=float, default=0.3)
     parser.add_argument("--no-baselines", action="store_true")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     result = run(tuple(args.systems), args.seeds, args.duration, args.rate_scale, not args.no_baselines)
+    from loadtests.bench import stamp
+
+    result |= stamp(load)  # machine, settings, load, date: the README's Figures table shows them
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rca_eval.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {plot(result, RESULTS / 'rca_eval.png')} and {RESULTS / 'rca_eval.json'}")
