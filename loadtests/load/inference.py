@@ -20,8 +20,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 
 from deploy.kafka.broker import free_port
-from loadtests.bench import RESULTS
-from loadtests.load import knee
+from loadtests.load import knee, knee_plot
 from services.common.settings import GrpcSettings
 from services.inference.main import InferenceSettings, build
 from services.inference.tokenizer import Tokenizer
@@ -137,25 +136,11 @@ def run() -> dict:
 
 
 def _plot(rows: list[dict[str, float]]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    streams = [r["streams"] for r in rows]
-    ax.plot(streams, [r["tokens_per_s"] for r in rows], "o-", label="tokens/s")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent gRPC streams")
-    ax.set_ylabel("tokens/s")
-    other = ax.twinx()
-    other.plot(streams, [r["ttft_p95_ms"] for r in rows], "s--", color="tab:red", label="TTFT p95 (ms)")
-    other.set_ylabel("TTFT p95 (ms)")
-    ax.set_title("inference under gRPC load (retrieval-lm, CPU)")
-    fig.legend(loc="upper left")
-    fig.tight_layout()
-    path = RESULTS / "loadtest_inference.png"
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return knee_plot(
+        [r["streams"] for r in rows],
+        [r["tokens_per_s"] for r in rows],
+        [(r["streams"], r["ttft_p95_ms"]) for r in rows],
+        ("concurrent gRPC streams", "tokens/s", "TTFT p95 (ms)"),
+        "inference under gRPC load (retrieval-lm, CPU)",
+        "inference",
+    )

@@ -35,8 +35,7 @@ import grpc
 import numpy as np
 
 from deploy.kafka.broker import KafkaBroker, free_port
-from loadtests.bench import RESULTS
-from loadtests.load import knee
+from loadtests.load import knee, knee_plot
 from loadtests.simulator.scenario import Scenario, ScenarioSpec
 from services.common.grpc_server import GrpcService
 from services.common.pb.faultline.v1 import rca_pb2, rca_pb2_grpc
@@ -358,28 +357,11 @@ def run() -> dict:
 
 
 def _plot(rows: list[dict[str, Any]]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    levels = [r["concurrency"] for r in rows]
-    ax.plot(levels, [r["requests_per_s"] for r in rows], "o-", label="analyses/s")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent Analyze calls in flight")
-    ax.set_ylabel("analyses/s")
-    other = ax.twinx()
-    p95 = [(r["concurrency"], r["latency_p95_ms"]) for r in rows if r["latency_p95_ms"] is not None]
-    other.plot([x for x, _ in p95], [y for _, y in p95], "s--", color="tab:red", label="latency p95 (ms)")
-    other.set_ylabel("latency p95 (ms)")
-    ax.set_xticks(levels, [str(x) for x in levels])
-    ax.set_title(f"rca under gRPC load (evidence mode, {STORE} store)")
-    lines = ax.get_lines() + other.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="upper left")
-    fig.tight_layout()
-    path = RESULTS / "loadtest_rca.png"
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return knee_plot(
+        [r["concurrency"] for r in rows],
+        [r["requests_per_s"] for r in rows],
+        [(r["concurrency"], r["latency_p95_ms"]) for r in rows if r["latency_p95_ms"] is not None],
+        ("concurrent Analyze calls in flight", "analyses/s", "latency p95 (ms)"),
+        f"rca under gRPC load (evidence mode, {STORE} store)",
+        "rca",
+    )
