@@ -56,15 +56,22 @@ class Heads:
     def predict(self, vectors: torch.Tensor, services: list[torch.Tensor], names: list[list[str]]) -> list[Prediction]:
         states = torch.as_tensor(self.partition.assign(vectors.numpy()))
         with torch.no_grad():
-            anomaly = torch.sigmoid(self.heads.anomaly(vectors, states)).squeeze(-1)
-            types = torch.softmax(self.heads.failure_type(vectors, states), dim=-1)
-            out = []
+            deviation = torch.stack([largest_deviation(s) for s in services]).reshape(len(vectors), -1)
+            anomaly = torch.sigmoid(self.heads.anomaly(vectors, deviation, states))
+            rankings: list[list[tuple[str, float]]] = []
+            # The blamed service's deviations, for the type head; a window without services has none (zeros).
+            culprits = torch.zeros(len(vectors), self.heads.service_features)
             for i in range(len(vectors)):
                 ranking: list[tuple[str, float]] = []
                 if len(names[i]):
                     scores = torch.softmax(self.heads.root_cause(services[i][None], vectors[i : i + 1])[0], dim=0)
                     order = scores.argsort(descending=True)
                     ranking = [(names[i][j], float(scores[j])) for j in order.tolist()]
+                    culprits[i] = services[i][order[0]]
+                rankings.append(ranking)
+            types = torch.softmax(self.heads.failure_type(culprits, states), dim=-1)
+            out = []
+            for i, ranking in enumerate(rankings):
                 best = int(types[i].argmax())
                 out.append(
                     Prediction(
@@ -82,6 +89,11 @@ class Heads:
 
 def service_tensor(piece: Slice) -> torch.Tensor:
     return torch.as_tensor(squash(piece.service_z), dtype=torch.float32)
+
+
+def largest_deviation(services: torch.Tensor) -> torch.Tensor:
+    """(n_services, features) squashed deviations → (features,) each signal's largest |deviation|."""
+    return services.abs().amax(0) if len(services) else services.new_zeros(services.shape[-1])
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from services.common.text_encoder import SentenceEncoder
-from services.embedding.checkpoint import DEFAULT_DIR, Heads, RuntimeSlicerModel, service_tensor
+from services.embedding.checkpoint import DEFAULT_DIR, Heads, RuntimeSlicerModel, largest_deviation, service_tensor
 from services.embedding.contrastive import modal_loss, overlap_weights, temporal_loss
 from services.embedding.data import NORMAL, CaseSpec, LabelledSlice, cases, slices
 from services.embedding.heads import TaskHeads
@@ -142,6 +142,8 @@ def fit_heads(
         padded[row, : len(s)] = s
         mask[row, : len(s)] = 0
     y_root = torch.as_tensor([corpus.items[i].slice.services.index(corpus.items[i].root_cause) for i in faulty])
+    culprit = padded[torch.arange(len(faulty)), y_root]
+    deviation = torch.stack([largest_deviation(service_tensor(item.slice)) for item in corpus.items])
     clear_t = torch.as_tensor(np.nonzero(clear)[0])
     faulty_t = torch.as_tensor(faulty)
     positive = float(y_anomaly[clear_t].mean())
@@ -149,9 +151,13 @@ def fit_heads(
     optimiser = torch.optim.Adam(heads.parameters(), lr=1e-2)
     for _ in range(steps):
         l_anomaly = nn.functional.binary_cross_entropy_with_logits(
-            heads.anomaly(vectors[clear_t], states[clear_t]).squeeze(-1), y_anomaly[clear_t], pos_weight=pos_weight
+            heads.anomaly(vectors[clear_t], deviation[clear_t], states[clear_t]),
+            y_anomaly[clear_t],
+            pos_weight=pos_weight,
         )
-        l_type = nn.functional.cross_entropy(heads.failure_type(vectors[faulty_t], states[faulty_t]), y_type)
+        # Teacher forcing: the type head learns from the true culprit's deviations; at prediction
+        # time it reads the service the root-cause head ranks first.
+        l_type = nn.functional.cross_entropy(heads.failure_type(culprit, states[faulty_t]), y_type)
         l_root = nn.functional.cross_entropy(heads.root_cause(padded, vectors[faulty_t]) + mask, y_root)
         loss = l_anomaly + l_type + l_root + 1e-3 * heads.penalty()
         optimiser.zero_grad()
@@ -159,7 +165,7 @@ def fit_heads(
         optimiser.step()
     heads.eval()
     with torch.no_grad():
-        scores = torch.sigmoid(heads.anomaly(vectors[clear_t], states[clear_t]).squeeze(-1)).numpy()
+        scores = torch.sigmoid(heads.anomaly(vectors[clear_t], deviation[clear_t], states[clear_t])).numpy()
     threshold = best_threshold(scores, y_anomaly[clear_t].numpy())
     return Heads(partition, heads, threshold), silhouettes
 

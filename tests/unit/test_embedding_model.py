@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from services.common.pb.faultline.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
-from services.embedding.checkpoint import DEFAULT_DIR, RuntimeSlicerModel
+from services.embedding.checkpoint import DEFAULT_DIR, Heads, RuntimeSlicerModel
 from services.embedding.contrastive import info_nce, modal_loss, overlap_weights, temporal_loss
 from services.embedding.heads import TaskHeads
 from services.embedding.model import SlicerModel
@@ -68,9 +68,32 @@ def test_model_heads_and_states_have_the_documented_shapes() -> None:
         model(torch.randn(5, 3, 12))
     heads = TaskHeads(8, states=3, failure_types=["cpu", "code"], service_features=len(FEATURES))
     chosen = torch.tensor([0, 1, 2, 0, 1])
-    assert heads.anomaly(state.detach(), chosen).shape == (5, 1)
-    assert heads.failure_type(state.detach(), chosen).shape == (5, 2)
+    profiles = torch.randn(5, len(FEATURES))  # the largest deviations, the blamed service's deviations
+    assert heads.anomaly(state.detach(), profiles, chosen).shape == (5,)
+    assert heads.failure_type(profiles, chosen).shape == (5, 2)
     assert heads.root_cause(torch.randn(5, 7, len(FEATURES)), state.detach()).shape == (5, 7)
+
+
+def test_the_failure_type_follows_the_blamed_services_deviations() -> None:
+    """The type head reads the profile of the service the root-cause head ranks first, not the loudest one's."""
+    heads = TaskHeads(8, states=1, failure_types=["cpu", "memory"], service_features=len(FEATURES))
+    cpu, memory, restarts = FEATURES.index("cpu"), FEATURES.index("memory"), FEATURES.index("restarts")
+    with torch.no_grad():
+        for parameter in heads.parameters():
+            parameter.zero_()
+        heads.failure_type.profile.weight[0, cpu] = heads.failure_type.profile.weight[1, memory] = 5.0
+        heads.root_cause.net[0].weight[0, restarts] = 1.0  # blame follows restarts only
+        heads.root_cause.net[2].weight[0, 0] = 1.0
+    services = torch.zeros(2, len(FEATURES))
+    services[0, cpu] = 3.0  # cart: a large CPU deviation
+    services[1, memory], services[1, restarts] = 1.0, 2.0  # redis: memory up and restarting
+    partition = StatePartition(np.zeros((1, 8)))
+    predict = Heads(partition, heads, 0.5).predict
+    prediction = predict(torch.zeros(1, 8), [services], [["cart", "redis"]])[0]
+    assert prediction.root_causes[0][0] == "redis" and prediction.failure_type == "memory"
+    services[0, restarts], services[1, restarts] = 2.0, 0.0  # now cart is the one restarting
+    prediction = predict(torch.zeros(1, 8), [services], [["cart", "redis"]])[0]
+    assert prediction.root_causes[0][0] == "cart" and prediction.failure_type == "cpu"
 
 
 def test_state_partition_picks_k_from_the_data() -> None:
