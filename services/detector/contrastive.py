@@ -17,6 +17,13 @@ InfoNCE, ``NCE(a, P, y) = -log softmax(a·Pᵀ/τ)[y]`` over L2-normalised vecto
   full trace. This is what lets a half-finished run be compared with finished ones.
 
 λ1 = λ2 = λ3 = 1 by default.
+
+``L_sup`` (failure-aware scope, optional, weight λ4): the three losses above never see a label, so nothing
+tells the head which of the backbone's many directions separate a failing step from a correct one (a
+dropped requirement, a wrong service name); the seed knowledge base's labels do. A supervised
+contrastive loss (SupCon: each anchor's positives are the batch's other items of its class) pulls steps of
+one (agent, state) class together, the state being normal or the failure the run is in, and likewise
+full traces of one failure type, which is what the knowledge base's kNN matching reads.
 """
 
 from __future__ import annotations
@@ -67,6 +74,21 @@ def rank_loss(prefixes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     valid_next = steps[None, 1:] < lengths[:, None]  # pairs (t, t+1) inside the run
     hinge = F.relu(to_full[:, :-1] - to_full[:, 1:])[valid_next[:, : to_full.shape[1] - 1]]
     return nce + (hinge.mean() if hinge.numel() else prefixes.new_zeros(()))
+
+
+def supervised_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SupCon over L2-normalised ``embeddings`` (n, d) with class ``labels`` (n,); anchors without a positive
+    in the batch are skipped (zero when none has one)."""
+    n = len(embeddings)
+    eye = torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    logits = (embeddings @ embeddings.T / TAU).masked_fill(eye, float("-inf"))
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    anchors = positives.any(1)
+    if not anchors.any():
+        return embeddings.new_zeros(())
+    log_prob = logits - torch.logsumexp(logits, 1, keepdim=True)
+    log_prob = log_prob.masked_fill(~positives, 0.0)
+    return -(log_prob.sum(1)[anchors] / positives.sum(1)[anchors]).mean()
 
 
 def total_loss(

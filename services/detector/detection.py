@@ -1,14 +1,19 @@
 """Step-wise detection and diagnosis: each new step against the knowledge base and against normal behaviour.
 
-For a step with embedding h of agent a in system s:
+For a step with embedding h of agent a in system s, the ``K`` cases of agent a most similar to h are taken
+from the knowledge base, failure cases and normal references together (a failure case is a failure step
+or a step after it in a failed run, see :func:`services.detector.train.state_of`), each weighted
+``exp((cos - best cos) / 0.05)``:
 
-- ``knowledge = max cos(h, failure steps of a) - max cos(h, normal steps of a)``: the step is closer to a
-  known failure of that agent than to anything the agent normally does;
+- ``knowledge`` = the failure cases' share of that weight, in [0, 1]: most of what the step resembles
+  went wrong. A share over several neighbours, unlike one nearest failure against one nearest normal, is
+  not decided by a single near-duplicate of either kind, which fired early and on success runs;
 - ``deviation = 1 - max cos(h, normal steps of a)``: the step is unlike all of the agent's normal
   behaviour (this is what can fire on failure types the knowledge base has never seen).
 
-A step alert is raised the first time ``knowledge > θ_k`` (type: the similarity-weighted vote of the
-top matched failure cases) or ``deviation > θ_d`` (type ``unknown``). When the run ends, if no step alert
+A step alert is raised the first time ``knowledge > θ_k`` (type: the weighted vote of the failure cases
+among those neighbours) or ``deviation > θ_d`` (type ``unknown``, unless the failure cases hold most of the
+vote: then their vote too). When the run ends, if no step alert
 was raised, the full-trace embedding is checked the same way against trace-level cases (``θ_t``).
 Thresholds are calibrated per system on the seed runs with each run left out of its own search.
 """
@@ -30,15 +35,17 @@ from services.detector.knowledge_base import STEP, TRACE, KnowledgeBase, Match
 from services.detector.steps import Step
 
 UNKNOWN = "unknown"
-TOP_K = 3
+TOP_K = 3  # failure cases reported with a score when none is among the neighbours
+NEIGHBOURS = 15  # K: the cases (failure and normal) whose weighted vote is the knowledge score
+VOTE_SCALE = 0.05  # a case's vote is exp((similarity - best similarity) / VOTE_SCALE)
 MAX_RUNS = 10_000  # runs whose state is kept; the oldest are forgotten beyond this
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    knowledge: float = 0.05
+    knowledge: float = 0.5
     deviation: float = 1.0  # 1.0 disables (cosine distance tops out at 2, but normal-vs-anything is below 1)
-    trace: float = 0.05
+    trace: float = 0.5
 
     def as_dict(self) -> dict[str, float]:
         return {"knowledge": self.knowledge, "deviation": self.deviation, "trace": self.trace}
@@ -68,6 +75,12 @@ class StepScore:
     deviation: float
     matched: list[Match]
     nearest_normal: Match | None = None
+
+    @property
+    def deviation_matches(self) -> list[Match]:
+        """For a deviation alert: the failure cases to diagnose it by when they hold most of the neighbours'
+        vote (a known failure whose vote stayed under θ_k), else none (type ``unknown``)."""
+        return self.matched if self.knowledge >= 0.5 else []
 
     @property
     def rejected_before(self) -> bool:
@@ -109,7 +122,7 @@ def diagnose(matches: list[Match]) -> tuple[str, float]:
     best_similarity = max(m.similarity for m in matches)
     votes: Counter[str] = Counter()
     for match in matches:
-        votes[match.case.failure_type] += math.exp((match.similarity - best_similarity) / 0.05)
+        votes[match.case.failure_type] += math.exp((match.similarity - best_similarity) / VOTE_SCALE)
     best, weight = votes.most_common(1)[0]
     return best, weight / sum(votes.values())
 
@@ -118,14 +131,27 @@ def _confidence(score: float, threshold: float) -> float:
     return 1.0 / (1.0 + math.exp(-(score - threshold) / 0.05))
 
 
+def failure_share(failures: list[Match], normals: list[Match], k: int = NEIGHBOURS) -> tuple[float, list[Match]]:
+    """The failure cases' share of the weighted vote of the ``k`` best of ``failures`` and ``normals`` (each
+    best first), and those failure cases; 0 when there is no failure case, 1 when there is no normal one."""
+    if not failures:
+        return 0.0, []
+    neighbours = sorted([*failures, *normals], key=lambda m: -m.similarity)[:k]
+    best = neighbours[0].similarity
+    weight = {id(m): math.exp((m.similarity - best) / VOTE_SCALE) for m in neighbours}
+    failing = [m for m in neighbours if not m.case.normal]
+    total = sum(weight.values())
+    return sum(weight[id(m)] for m in failing) / total, failing
+
+
 def score_vector(
     kb: KnowledgeBase, level: int, system: str, vector: np.ndarray, agent: str | None, exclude_run: str | None = None
 ) -> StepScore:
-    failures = kb.search(level, system, vector, TOP_K, agent=agent, exclude_run=exclude_run)
-    normals = kb.search(level, system, vector, 1, normal=True, agent=agent, exclude_run=exclude_run)
+    failures = kb.search(level, system, vector, NEIGHBOURS, agent=agent, exclude_run=exclude_run)
+    normals = kb.search(level, system, vector, NEIGHBOURS, normal=True, agent=agent, exclude_run=exclude_run)
+    share, failing = failure_share(failures, normals)
     nearest_normal = normals[0].similarity if normals else -1.0
-    nearest_failure = failures[0].similarity if failures else -1.0
-    return StepScore(nearest_failure - nearest_normal, 1.0 - nearest_normal, failures, normals[0] if normals else None)
+    return StepScore(share, 1.0 - nearest_normal, failing or failures[:TOP_K], normals[0] if normals else None)
 
 
 class Detector:
@@ -182,7 +208,8 @@ class Detector:
             failure_type, _share = diagnose(score.matched)
             confidence = _confidence(score.knowledge, limits.knowledge)
         elif score.deviation > limits.deviation:
-            failure_type, confidence = UNKNOWN, _confidence(score.deviation, limits.deviation)
+            failure_type = diagnose(score.deviation_matches)[0]
+            confidence = _confidence(score.deviation, limits.deviation)
         else:
             return None
         return AlertInfo(
@@ -269,7 +296,7 @@ def first_alert(scores: RunScores, limits: Thresholds) -> tuple[int, str, list[M
         if score.knowledge > limits.knowledge:
             return index, "knowledge", score.matched
         if score.deviation > limits.deviation:
-            return index, "deviation", []
+            return index, "deviation", score.deviation_matches
     if scores.trace_score.knowledge > limits.trace:
         return -1, "trace", scores.trace_score.matched
     return None

@@ -97,8 +97,8 @@ def evaluate_set(
             fp += 1
             continue
         tp += 1
-        index, kind, matches = alert
-        predicted = diagnose(matches)[0] if kind != "deviation" else "unknown"
+        index, _kind, matches = alert
+        predicted = diagnose(matches)[0]  # "unknown" for a deviation alert that no known failure explains
         unknown += predicted == "unknown"
         diagnosis.append((labelled.failure_type, predicted))
         if index < 0:

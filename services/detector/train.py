@@ -3,10 +3,12 @@
 1. Simulated runs of both systems from ``TRAIN_SEEDS`` (the held-out failure types are never injected)
    are encoded as OTLP GenAI spans and read back through :mod:`services.detector.steps`, as the service
    reads them.
-2. The head is trained with ``L_intra + L_inter + L_rank`` (:mod:`services.detector.contrastive`); the
-   labels are not used.
-3. The labelled seed knowledge base is built from the same runs (failure step + trace cases, normal
-   references) and the detection thresholds are calibrated on it, each run left out of its own search.
+2. The head is trained with ``L_intra + L_inter + L_rank`` (:mod:`services.detector.contrastive`) on the
+   unlabelled runs, plus ``L_sup`` on the labels the seed knowledge base holds for them (which steps are
+   normal and which failure each later step belongs to; ``--supervised-weight 0`` leaves it out).
+3. The labelled seed knowledge base is built from the same runs (the failure step and the steps after it
+   as failure cases, the steps before it and of success runs as normal references, the whole run as a
+   trace case) and the detection thresholds are calibrated on it, each run left out of its own search.
 
 Writes ``encoder.pt``/``encoder.json``, ``kb.sqlite``, ``calibration.json`` and ``loss.png`` under
 ``services/detector/checkpoints/eager/``.
@@ -79,6 +81,17 @@ def simulated_runs(
     return out
 
 
+def state_of(labelled: LabelledRun, step: Step) -> str:
+    """What the knowledge base files a step under: the run's failure from its failure step on, else normal.
+
+    The steps after the failure step are its consequences (a failing test, a repeated request, a report
+    on the wrong service): they are what makes many failures visible at all, and they belong to that
+    failure's type, not to normal behaviour.
+    """
+    failed = labelled.failure_step >= 0
+    return labelled.failure_type if failed and step.index >= labelled.failure_step else NORMAL
+
+
 def seen_types(system: str) -> list[str]:
     from loadtests.simulator.agents import FAILURE_TYPES
 
@@ -101,18 +114,30 @@ def sender_index(steps: list[Step]) -> list[int]:
 
 
 def train_encoder(
-    runs: list[LabelledRun], epochs: int, batch_runs: int = 24, seed: int = 0, log_every: int = 5
+    runs: list[LabelledRun],
+    epochs: int,
+    batch_runs: int = 24,
+    seed: int = 0,
+    log_every: int = 5,
+    supervised_weight: float = 1.0,
 ) -> tuple[EagerEncoder, list[dict[str, float]]]:
+    """The head on ``runs``: ``L_intra + L_inter + L_rank``, plus ``supervised_weight · L_sup`` on the step
+    classes (system, agent, :func:`state_of`) and the trace classes (system, failure type)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = EagerEncoder()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     agents = {key: i for i, key in enumerate(sorted({(r.run.system, s.agent) for r in runs for s in r.run.steps}))}
+    classes: dict[tuple[str, ...], int] = {}
     prepared = [
         (
             torch.from_numpy(r.features),
             torch.tensor([agents[(r.run.system, s.agent)] for s in r.run.steps]),
             sender_index(r.run.steps),
+            torch.tensor(
+                [classes.setdefault((r.run.system, s.agent, state_of(r, s)), len(classes)) for s in r.run.steps]
+            ),
+            classes.setdefault(("trace", r.run.system, r.failure_type), len(classes)),
         )
         for r in runs
     ]
@@ -120,21 +145,21 @@ def train_encoder(
     for epoch in range(epochs):
         order = list(range(len(prepared)))
         rng.shuffle(order)
-        sums = {"intra": 0.0, "inter": 0.0, "rank": 0.0, "total": 0.0}
+        sums = {"intra": 0.0, "inter": 0.0, "rank": 0.0, "sup": 0.0, "total": 0.0}
         batches = 0
         model.train()
         for start in range(0, len(order), batch_runs):
             chosen = [prepared[i] for i in order[start : start + batch_runs]]
-            lengths = torch.tensor([len(f) for f, _, _ in chosen])
-            flat = torch.cat([f for f, _, _ in chosen])
-            agent_ids = torch.cat([a for _, a, _ in chosen])
+            lengths = torch.tensor([len(c[0]) for c in chosen])
+            flat = torch.cat([c[0] for c in chosen])
+            agent_ids = torch.cat([c[1] for c in chosen])
             view_a = model.steps(flat + 0.02 * torch.randn_like(flat))
             view_b = model.steps(flat + 0.02 * torch.randn_like(flat))
             offsets = torch.cumsum(lengths, 0) - lengths
             pairs = [
                 (int(off) + i, int(off) + j)
-                for off, (_, _, senders) in zip(offsets, chosen, strict=True)
-                for i, j in enumerate(senders)
+                for off, c in zip(offsets, chosen, strict=True)
+                for i, j in enumerate(c[2])
                 if j >= 0
             ]
             receivers = torch.tensor([p[0] for p in pairs], dtype=torch.long)
@@ -147,10 +172,16 @@ def train_encoder(
             inter = contrastive.inter_loss(model.inter_head(view_a), view_a, receivers, senders)
             rank = contrastive.rank_loss(prefixes, lengths)
             loss = contrastive.total_loss(intra, inter, rank)
+            sup = loss.new_zeros(())
+            if supervised_weight:
+                traces = prefixes[torch.arange(len(chosen)), lengths - 1]
+                sup = contrastive.supervised_loss(view_a, torch.cat([c[3] for c in chosen]))
+                sup = sup + contrastive.supervised_loss(traces, torch.tensor([c[4] for c in chosen]))
+                loss = loss + supervised_weight * sup
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            for name, value in (("intra", intra), ("inter", inter), ("rank", rank), ("total", loss)):
+            for name, value in (("intra", intra), ("inter", inter), ("rank", rank), ("sup", sup), ("total", loss)):
                 sums[name] += float(value.detach())
             batches += 1
         history.append({k: v / batches for k, v in sums.items()} | {"epoch": epoch + 1})
@@ -158,14 +189,15 @@ def train_encoder(
             h = history[-1]
             print(
                 f"  epoch {epoch + 1:3d}/{epochs}  L={h['total']:.3f}  intra={h['intra']:.3f}  "
-                f"inter={h['inter']:.3f}  rank={h['rank']:.3f}",
+                f"inter={h['inter']:.3f}  rank={h['rank']:.3f}  sup={h['sup']:.3f}",
                 flush=True,
             )
     return model.eval(), history
 
 
 def seed_knowledge_base(kb: KnowledgeBase, encoder: StepEncoder, runs: list[LabelledRun]) -> dict[str, np.ndarray]:
-    """Failure step and trace cases plus normal references from labelled runs; returns each run's traces."""
+    """Failure step cases (the failure step and its consequences, see :func:`state_of`), trace cases and normal
+    references from labelled runs; returns each run's prefix embeddings."""
     cases: list[Case] = []
     vectors: list[np.ndarray] = []
     traces = {}
@@ -173,11 +205,9 @@ def seed_knowledge_base(kb: KnowledgeBase, encoder: StepEncoder, runs: list[Labe
         run = labelled.run
         steps, prefixes = embed_run(encoder, labelled.features)
         traces[run.run_id] = prefixes
-        failed = labelled.failure_step >= 0
         for step, vector in zip(run.steps, steps, strict=True):
-            if failed and step.index > labelled.failure_step:
-                continue  # consequences of the failure: neither the failure itself nor normal
-            failure_type = labelled.failure_type if failed and step.index == labelled.failure_step else NORMAL
+            failure_type = state_of(labelled, step)
+            after = failure_type != NORMAL and step.index > labelled.failure_step
             cases.append(
                 Case(
                     "",
@@ -189,6 +219,7 @@ def seed_knowledge_base(kb: KnowledgeBase, encoder: StepEncoder, runs: list[Labe
                     run.run_id,
                     MITIGATIONS.get(failure_type, ""),
                     "seed",
+                    f"after {labelled.failure_agent}'s step {labelled.failure_step}" if after else "",
                 )
             )
             vectors.append(vector)
@@ -245,7 +276,7 @@ def plot_losses(history: list[dict[str, float]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [h["epoch"] for h in history]
-    for name in ("total", "intra", "inter", "rank"):
+    for name in ("total", "intra", "inter", "rank", "sup"):
         ax.plot(epochs, [h[name] for h in history], label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
@@ -264,6 +295,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs-per-seed", type=int, default=RUNS_PER_SEED)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="backbone embedding cache (.npz)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--supervised-weight", type=float, default=1.0, help="λ of L_sup (0: unsupervised only)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -276,13 +308,14 @@ def main(argv: list[str]) -> int:
     steps = sum(len(r.run.steps) for r in runs)
     print(f"training on {len(runs)} unlabelled runs ({steps} steps), {args.epochs} epochs", flush=True)
     trained_at = time.perf_counter()
-    model, history = train_encoder(runs, args.epochs)
+    model, history = train_encoder(runs, args.epochs, supervised_weight=args.supervised_weight)
     train_s = time.perf_counter() - trained_at
     meta = {
         "seeds": TRAIN_SEEDS,
         "runs": len(runs),
         "steps": steps,
         "epochs": args.epochs,
+        "supervised_weight": args.supervised_weight,
         "train_seconds": round(train_s, 1),
         "held_out_types": HELD_OUT_TYPES,
         "final_loss": history[-1],

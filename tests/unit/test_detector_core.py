@@ -10,11 +10,20 @@ import torch
 
 from loadtests.simulator.agents import generate_runs, run_to_otlp, run_to_otlp_steps
 from services.detector import contrastive
-from services.detector.detection import RunScores, StepScore, Thresholds, calibrate, first_alert
-from services.detector.encoder import FEATURE_DIM, EagerEncoder, structure
-from services.detector.knowledge_base import NORMAL, STEP, TRACE, Case, EncoderMismatch, KnowledgeBase
+from services.detector.detection import (
+    RunScores,
+    StepScore,
+    Thresholds,
+    calibrate,
+    diagnose,
+    failure_share,
+    first_alert,
+    score_vector,
+)
+from services.detector.encoder import FEATURE_DIM, BackboneEncoder, EagerEncoder, structure
+from services.detector.knowledge_base import NORMAL, STEP, TRACE, Case, EncoderMismatch, KnowledgeBase, Match
 from services.detector.steps import RunEnd, Step, from_proto, from_request, group_runs, to_proto
-from services.detector.train import sender_index
+from services.detector.train import LabelledRun, seed_knowledge_base, sender_index, state_of, train_encoder
 
 
 def test_spans_become_the_simulated_steps_and_the_root_span_ends_the_run() -> None:
@@ -120,3 +129,104 @@ def test_calibration_separates_failure_runs_and_first_alert_is_the_earliest_step
     assert first_alert(runs[0], limits)[0] == 2 and first_alert(runs[-1], limits) is None
     assert first_alert(_scores([-0.3], deviation=0.9), Thresholds(0.0, 0.5, 1.0))[1] == "deviation"
     assert first_alert(_scores([-0.3], trace=0.2), Thresholds(0.0, 1.0, 0.1))[0] == -1
+
+
+def _unit(*values: float) -> np.ndarray:
+    vector = np.array(values, np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def test_knowledge_is_the_failure_share_of_the_nearest_cases_not_one_near_duplicate() -> None:
+    kb = KnowledgeBase(":memory:", encoder_version="enc")
+    # the coder's normal steps sit around e0; three failure cases around e1; one stray failure case near e0
+    normals = [_unit(1, 0.05 * i, 0, 0) for i in range(6)]
+    failures = [_unit(0.1 * i, 1, 0, 0) for i in range(3)]
+    stray = _unit(1, 0, 0.02, 0)
+    cases = [Case("", STEP, "code", NORMAL, "coder", i, f"ok-{i}") for i in range(6)]
+    cases += [Case("", STEP, "code", "incorrect_code", "coder", 1, f"bad-{i}") for i in range(3)]
+    cases += [Case("", STEP, "code", "ignored_feedback", "coder", 5, "stray")]
+    kb.add(cases, np.stack([*normals, *failures, stray]))
+
+    near_failures = score_vector(kb, STEP, "code", _unit(0.05, 1, 0.1, 0), "coder")
+    assert near_failures.knowledge > 0.9
+    assert diagnose(near_failures.matched)[0] == "incorrect_code"
+    # the nearest case is a failure, but the normal steps around it outvote it
+    near_normal = score_vector(kb, STEP, "code", _unit(1, 0, 0.03, 0), "coder")
+    assert near_normal.matched[0].case.run_id == "stray"
+    assert near_normal.knowledge < 0.5
+    # another agent's cases never vote
+    assert score_vector(kb, STEP, "code", _unit(0.05, 1, 0.1, 0), "tester").knowledge == 0.0
+
+
+def test_failure_share_edge_cases_and_deviation_diagnosis() -> None:
+    failure = Match(Case("f", STEP, "code", "round_limit", "reviewer"), 0.9)
+    normal = Match(Case("n", STEP, "code", NORMAL, "reviewer"), 0.8)
+    assert failure_share([], [normal]) == (0.0, [])
+    assert failure_share([failure], []) == (1.0, [failure])
+    share, failing = failure_share([failure], [normal])
+    assert failing == [failure] and share == pytest.approx(1 / (1 + np.exp(-0.1 / 0.05)))
+    # a deviation alert is diagnosed by known failures only when they hold most of the neighbours' vote
+    assert StepScore(0.6, 0.5, [failure], normal).deviation_matches == [failure]
+    assert StepScore(0.3, 0.5, [failure], normal).deviation_matches == []
+    limits = Thresholds(knowledge=0.9, deviation=0.3, trace=1.0)
+    run = RunScores("r", "code", [StepScore(0.3, 0.5, [failure], normal)], StepScore(0.0, 0.0, []))
+    assert first_alert(run, limits) == (0, "deviation", [])
+    run = RunScores("r", "code", [StepScore(0.6, 0.5, [failure], normal)], StepScore(0.0, 0.0, []))
+    assert first_alert(run, limits) == (0, "deviation", [failure])
+
+
+def _labelled_runs(n: int = 8) -> list[LabelledRun]:
+    rng = np.random.default_rng(0)
+    out = []
+    for sim in generate_runs("rca", n, seed=11):
+        (run,) = group_runs(from_request(run_to_otlp(sim)))
+        failure = sim.failure
+        features = rng.standard_normal((len(run.steps), FEATURE_DIM)).astype(np.float32)
+        out.append(
+            LabelledRun(
+                run,
+                features,
+                failure.failure_type if failure else "",
+                failure.agent if failure else "",
+                failure.step if failure else -1,
+            )
+        )
+    return out
+
+
+def test_seed_knowledge_base_files_a_failures_consequences_under_its_type() -> None:
+    runs = _labelled_runs()
+    failed = next(r for r in runs if r.failure_step >= 0 and r.failure_step < len(r.run.steps) - 1)
+    kb = KnowledgeBase(":memory:", encoder_version="minilm-untrained")
+    seed_knowledge_base(kb, BackboneEncoder(), runs)
+    steps = {
+        c.step_index: c for c in kb.list(system="rca", level=STEP, include_normal=True) if c.run_id == failed.run.run_id
+    }
+    assert len(steps) == len(failed.run.steps)
+    for index, case in steps.items():
+        expected = failed.failure_type if index >= failed.failure_step else NORMAL
+        assert case.failure_type == expected == state_of(failed, failed.run.steps[index])
+        assert case.agent == failed.run.steps[index].agent
+        assert case.description == (
+            f"after {failed.failure_agent}'s step {failed.failure_step}" if index > failed.failure_step else ""
+        )
+    success = next(r for r in runs if r.failure_step < 0)
+    assert all(state_of(success, s) == NORMAL for s in success.run.steps)
+    traces = kb.list(system="rca", level=TRACE, include_normal=True)
+    assert len(traces) == len(runs) and {c.failure_type for c in traces} == {r.failure_type for r in runs}
+
+
+def test_supervised_loss_rewards_class_clusters_and_training_uses_it() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    clustered = torch.nn.functional.normalize(torch.eye(3)[labels] + 0.01 * torch.randn(5, 3), dim=-1)
+    mixed = torch.nn.functional.normalize(torch.eye(3)[torch.tensor([0, 1, 0, 1, 2])], dim=-1)
+    assert contrastive.supervised_loss(clustered, labels) < contrastive.supervised_loss(mixed, labels)
+    assert float(contrastive.supervised_loss(clustered, torch.arange(5))) == 0.0  # no positives at all
+
+    runs = _labelled_runs(6)
+    _, history = train_encoder(runs, epochs=3, batch_runs=6, log_every=100)
+    assert all(np.isfinite(h["sup"]) and h["sup"] > 0 for h in history) and history[-1]["sup"] < history[0]["sup"]
+    _, unsupervised = train_encoder(runs, epochs=1, batch_runs=6, log_every=100, supervised_weight=0.0)
+    assert unsupervised[0]["sup"] == 0.0
