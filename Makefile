@@ -12,7 +12,7 @@ KAFKA := $(PY) deploy/kafka/broker.py
 BENCH ?=
 LOAD ?=
 
-.PHONY: help setup protos kafka-up kafka-down topics run test test-unit test-integration lint format bench loadtest clean
+.PHONY: help setup protos kafka-up kafka-down topics run test test-unit test-integration lint format bench loadtest chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ bench: setup  ## benchmarks with same-run baselines (BENCH=name to pick one)
 
 loadtest: setup  ## stepped load until the system falls behind: throughput, percentiles, knee (LOAD=name)
 	$(VENV)/bin/faultline loadtest $(LOAD)
+
+chaos: setup  ## kill each service once (SIGKILL) mid-scenario: nothing lost, no incident twice (counts in, effects out)
+	$(PY) -m loadtests.reliability
 
 # ---- Helm chart, images, Kubernetes test cluster (helm/faultline, deploy/images, deploy/k8s) ----
 IMAGE_REGISTRY ?= ghcr.io/faultline

@@ -218,6 +218,31 @@ def loadtest_rca(d: dict[str, Any]) -> list[Row]:
     ]
 
 
+def loadtest_reliability(d: dict[str, Any]) -> list[Row]:
+    c, kills = d["counts"], d["kills"]
+    verdict = (
+        ("nothing lost" if d["nothing_lost"] else f"LOST {sum(d['lost'].values())}")
+        + ", "
+        + ("no incident twice" if d["no_incident_twice"] else f"TWICE {sum(d['twice'].values())}")
+    )
+    back = [k["restarted_after_s"] for k in kills if k["restarted_after_s"] is not None]
+    scenario = d["scenario"]
+    return [
+        Row(
+            "loadtest_reliability",
+            f"each of {_slash(k['service'] for k in kills)} SIGKILLed once with work in flight and restarted "
+            f"(same groups and state; {_n(scenario['event_time_s'])} s of event time, {len(scenario['faults'])} "
+            f"delay fault(s){', an agent run' if scenario['agent_run'] else ''})",
+            f"{verdict}: {c['windows_whole']} of {c['windows_due']} windows whole, incidents per fault "
+            f"{_slash(str(n) for n in c['incidents_per_fault'])}, {c['reports']} reports for {c['incidents']} "
+            f"incidents, {c['kg_updates']} KG updates, {c['redelivered']} redelivered (same event id), "
+            f"{c['dead_letters']} dead letters; serving again {min(back):.0f}–{max(back):.0f} s after the kill",
+            _command(d, "make chaos"),
+            _machine(d, "Kafka and the services on the same cores"),
+        )
+    ]
+
+
 def inference(d: dict[str, Any]) -> list[Row]:
     command = _command(d, "make bench BENCH=inference")
     machine = _machine(d)
@@ -650,6 +675,7 @@ RENDERERS: dict[str, Renderer] = {
     "simulator.json": simulator,
     "loadtest_pipeline.json": loadtest_pipeline,
     "loadtest_rca.json": loadtest_rca,
+    "loadtest_reliability.json": loadtest_reliability,
     "inference.json": inference,
     "loadtest_inference.json": loadtest_inference,
     "attention.json": attention,
@@ -672,6 +698,7 @@ ORDER: tuple[str, ...] = (
     "simulator.paced",
     "loadtest_pipeline",
     "loadtest_rca",
+    "loadtest_reliability",
     "inference.engine",
     "loadtest_inference",
     "inference.context",

@@ -76,6 +76,7 @@ class EventTap:
         for tp in partitions:
             self._consumer.position(tp)  # resolve "end" now, not at the first poll
         self._events: list[tuple[float, str, Message]] = []
+        self.ids: list[str] = []  # each event's CloudEvent id, beside it in arrival order (a redelivery repeats it)
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-tap", daemon=True)
@@ -85,9 +86,11 @@ class EventTap:
         while not self._stop.is_set():
             for records in self._consumer.poll(timeout_ms=200).values():
                 for record in records:
-                    message = CloudEvent.from_record(record.headers, record.value).parse(EVENT_TYPES[record.topic])
+                    event = CloudEvent.from_record(record.headers, record.value)
+                    message = event.parse(EVENT_TYPES[record.topic])
                     with self._changed:
                         self._events.append((time.monotonic(), record.topic, message))
+                        self.ids.append(event.id)
                         self._changed.notify_all()
         self._consumer.close()
 
@@ -112,6 +115,11 @@ class EventTap:
     def all(self, topic: str) -> list[Message]:
         with self._changed:
             return [m for _, t, m in self._events if t == topic]
+
+    def with_ids(self, topic: str) -> list[tuple[str, Message]]:
+        """(CloudEvent id, event) of everything on ``topic`` so far, in arrival order."""
+        with self._changed:
+            return [(i, m) for i, (_, t, m) in zip(self.ids, self._events, strict=True) if t == topic]
 
 
 def expect(tap: EventTap, label: str, since: float, topic: str, kind: type[M], match: Callable[[M], bool],

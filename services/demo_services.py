@@ -1,4 +1,5 @@
-"""The five services as local processes for ``faultline demo``: start together, wait until healthy, stop cleanly.
+"""The five services as local processes for ``faultline demo``: start together, wait until healthy, stop cleanly
+(and, for ``make chaos``, SIGKILL one and start it again with the same settings and state).
 
 Each service is ``faultline serve <name>`` in its own process, configured only through its
 ``FAULTLINE_*`` environment, logging to ``<run dir>/<name>.log``. Consumer groups are named per
@@ -17,13 +18,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from services.common import topics
@@ -39,15 +41,20 @@ class ServiceProcess:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # consumer group -> its topics
 
 
-def platform(run_id: str, run_dir: Path, inference_args: tuple[str, ...]) -> list[ServiceProcess]:
-    """The five services on their default gRPC ports, with this run's consumer groups and state files."""
+def platform(run_id: str, run_dir: Path, inference_args: tuple[str, ...], port_offset: int = 0) -> list[ServiceProcess]:
+    """The five services with this run's consumer groups and state files, on their default ports (gRPC,
+    metrics, the inference HTTP API) or, with ``port_offset``, that far above them (beside a running demo)."""
     group = f"demo-{run_id}"
-    return [
+    services = [
         ServiceProcess("inference", 8001, inference_args, {"FAULTLINE_METRICS_PORT": "9471"}),
         ServiceProcess(
             "embedding",
             50053,
-            env={"FAULTLINE_METRICS_PORT": "9473", "FAULTLINE_CONSUMER_GROUP": f"{group}-embedding"},
+            env={
+                "FAULTLINE_METRICS_PORT": "9473",
+                "FAULTLINE_CONSUMER_GROUP": f"{group}-embedding",
+                "FAULTLINE_STATE_PATH": str(run_dir / "embedding" / "state.pickle"),
+            },
             groups={f"{group}-embedding": (topics.OTLP_SPANS, topics.OTLP_METRICS, topics.OTLP_LOGS)},
         ),
         ServiceProcess(
@@ -79,6 +86,20 @@ def platform(run_id: str, run_dir: Path, inference_args: tuple[str, ...]) -> lis
             groups={f"{group}-kg-builder-records": (topics.RCA_REPORTS,)},
         ),
     ]
+    return [_moved(s, port_offset) for s in services] if port_offset else services
+
+
+def _moved(service: ServiceProcess, offset: int) -> ServiceProcess:
+    args = (*service.args, "--grpc-port", str(service.grpc_port + offset))
+    if service.name == "inference":
+        args += ("--http-port", str(8000 + offset))
+    metrics = int(service.env["FAULTLINE_METRICS_PORT"]) + offset
+    return replace(
+        service,
+        grpc_port=service.grpc_port + offset,
+        args=args,
+        env={**service.env, "FAULTLINE_METRICS_PORT": str(metrics)},
+    )
 
 
 def start_groups_at_end(kafka: KafkaSettings, groups: dict[str, tuple[str, ...]]) -> None:
@@ -96,7 +117,15 @@ def start_groups_at_end(kafka: KafkaSettings, groups: dict[str, tuple[str, ...]]
     try:
         for group, group_topics in groups.items():
             offsets = {tp: OffsetAndMetadata(ends[tp], "", -1) for t in group_topics for tp in partitions[t]}
-            admin.alter_group_offsets(group, offsets)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    admin.alter_group_offsets(group, offsets)
+                    break
+                except KafkaError as error:  # a fresh broker creates __consumer_offsets at the first group
+                    if not error.retriable or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
     finally:
         admin.close()
 
@@ -123,47 +152,86 @@ def healthy(port: int) -> bool:
     return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-@contextmanager
-def running(services: list[ServiceProcess], kafka: KafkaSettings, logs: Path, timeout_s: float = 240) -> Iterator[None]:
-    """All ``services`` started at once (their model loading overlaps), healthy for the length of the block."""
-    logs.mkdir(parents=True, exist_ok=True)
-    start_groups_at_end(kafka, {g: ts for s in services for g, ts in s.groups.items()})
-    env = {**os.environ, "FAULTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "FAULTLINE_HEARTBEAT_S": "5"}
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    began = time.monotonic()
-    try:
-        for service in services:
-            with (logs / f"{service.name}.log").open("w") as out:
-                processes[service.name] = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "serve", service.name, *service.args],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env={**env, **service.env},
-                )
+class Processes:
+    """The services' processes: started, waited for, killed and started again (same settings, same state)."""
 
-        def wait(service: ServiceProcess) -> float:
-            while not healthy(service.grpc_port):
-                if processes[service.name].poll() is not None:
-                    raise SystemExit(f"{service.name} exited while starting; see {logs / service.name}.log")
-                if time.monotonic() - began > timeout_s:
-                    raise SystemExit(
-                        f"{service.name} not healthy after {timeout_s:.0f} s; see {logs / service.name}.log"
-                    )
-                time.sleep(0.5)
-            return time.monotonic() - began
+    def __init__(self, services: list[ServiceProcess], kafka: KafkaSettings, logs: Path) -> None:
+        self.services = {s.name: s for s in services}
+        self.logs = logs
+        self.env = {
+            **os.environ,
+            "FAULTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "FAULTLINE_HEARTBEAT_S": "5",
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-        with ThreadPoolExecutor(len(services)) as pool:
-            for service, ready_s in zip(services, pool.map(wait, services), strict=True):
-                print(f"  ✔ {service.name:<11} healthy on :{service.grpc_port} after {ready_s:4.1f} s", flush=True)
-        yield
-    finally:
-        for process in processes.values():
+    def start(self, name: str) -> None:
+        """``faultline serve <name>``; a restart appends to the same log."""
+        service = self.services[name]
+        with (self.logs / f"{name}.log").open("a" if name in self.processes else "w") as out:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "serve", name, *service.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **service.env},
+            )
+
+    def wait_healthy(self, name: str, timeout_s: float, since: float | None = None) -> float:
+        """Seconds from ``since`` (default: now) until the service answers SERVING; SystemExit if it exits
+        or is not serving ``timeout_s`` after ``since``."""
+        service, began = self.services[name], time.monotonic() if since is None else since
+        while not healthy(service.grpc_port):
+            if self.processes[name].poll() is not None:
+                raise SystemExit(f"{name} exited while starting; see {self.logs / name}.log")
+            if time.monotonic() - began > timeout_s:
+                raise SystemExit(f"{name} not healthy after {timeout_s:.0f} s; see {self.logs / name}.log")
+            time.sleep(0.5)
+        return time.monotonic() - began
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no shutdown hook runs, nothing is committed or flushed."""
+        process = self.processes[name]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def restart(self, name: str, timeout_s: float = 240) -> float:
+        """Started again and healthy; returns the seconds that took."""
+        began = time.monotonic()
+        self.start(name)
+        return self.wait_healthy(name, timeout_s, began)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for name, process in processes.items():
+        for name, process in self.processes.items():
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 print(f"  {name} did not stop within 60 s; killing it", flush=True)
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def running(
+    services: list[ServiceProcess], kafka: KafkaSettings, logs: Path, timeout_s: float = 240
+) -> Iterator[Processes]:
+    """All ``services`` started at once (their model loading overlaps), healthy for the length of the block."""
+    logs.mkdir(parents=True, exist_ok=True)
+    start_groups_at_end(kafka, {g: ts for s in services for g, ts in s.groups.items()})
+    processes = Processes(services, kafka, logs)
+    began = time.monotonic()
+    try:
+        for service in services:
+            processes.start(service.name)
+
+        def wait(service: ServiceProcess) -> float:
+            return processes.wait_healthy(service.name, timeout_s, began)
+
+        with ThreadPoolExecutor(len(services)) as pool:
+            for service, ready_s in zip(services, pool.map(wait, services), strict=True):
+                print(f"  ✔ {service.name:<11} healthy on :{service.grpc_port} after {ready_s:4.1f} s", flush=True)
+        yield processes
+    finally:
+        processes.stop()

@@ -15,6 +15,7 @@ LOADTESTS: dict[str, str] = {
     "inference": "loadtests.load.inference",
     "pipeline": "loadtests.load.pipeline",
     "rca": "loadtests.load.rca",
+    "reliability": "loadtests.reliability",  # not stepped load: each service SIGKILLed once mid-scenario (make chaos)
 }
 
 

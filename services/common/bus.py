@@ -1,13 +1,18 @@
 """The Kafka bus every service uses: CloudEvents with protobuf bodies, at-least-once, dead letters.
 
 Consumption rules (ARCHITECTURE.md):
-- the offset is committed only after the handler succeeded (or the record was dead-lettered);
+- the offset is committed only after the handler succeeded (or the record was dead-lettered) and what
+  it published was acknowledged by the broker (the publisher is flushed first);
 - handling is idempotent by event id (see :mod:`services.common.idempotency`);
 - a record that cannot be decoded, or whose handler fails permanently, goes to
   ``<topic>.dlq`` with the error and its origin in headers, and the partition moves on;
 - :class:`TransientError` is retried with exponential backoff before it is dead-lettered;
 - on shutdown the record in hand is finished, what was handled is committed, and the rest of
-  the fetched batch is left uncommitted for whichever replica gets the partition next.
+  the fetched batch is left uncommitted for whichever replica gets the partition next;
+- a consumer whose handlers keep state across records (windows being built) gives a
+  :class:`Checkpoint`: the state is saved with the offsets it covers before every commit, and a
+  restarted consumer passes over the records the saved state already holds, so a crash loses
+  none of it and counts nothing twice.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -69,12 +75,26 @@ class Delivery:
 Handler = Callable[[Delivery], None]
 
 
+class Checkpoint(Protocol):
+    """State built from the records before some offsets, saved and found again with those offsets."""
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> the next offset to read: where the saved state ends (empty: nothing saved)."""
+        ...
+
+    def save(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Saves the state of everything handled so far, which ends at ``offsets`` (atomically)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Route:
     topic: str
     message_type: type[Message]
     handler: Handler
     cloudevents: bool = True  # False for telemetry written by the OpenTelemetry Collector
+    # Told the topic's partitions this consumer holds whenever they change (before their records are handled).
+    on_assign: Callable[[list[int]], None] | None = None
 
 
 class Publisher:
@@ -147,6 +167,7 @@ class EventConsumer:
         routes: Sequence[Route],
         publisher: Publisher,
         idempotency: IdempotencyStore | None = None,
+        checkpoint: Checkpoint | None = None,
         **consumer_config: object,
     ) -> None:
         self._settings = settings
@@ -155,6 +176,12 @@ class EventConsumer:
         self._publisher = publisher
         self._idempotency = idempotency if idempotency is not None else MemoryIdempotencyStore()
         self._pending: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._checkpoint = checkpoint
+        # Where the saved state ends: records before it are in the state already. (No seek on assignment: a
+        # rebalance listener runs inside kafka-python's event loop, and 3.0's has left partitions stuck.)
+        self._saved: dict[tuple[str, int], int] = dict(checkpoint.offsets()) if checkpoint else {}
+        self._positions: dict[tuple[str, int], int] = dict(self._saved)
+        self._assigned: set[TopicPartition] = set()
         self.stats = ConsumerStats()
         config: dict[str, object] = {
             "group_id": group_id,
@@ -182,6 +209,7 @@ class EventConsumer:
     def poll_once(self, stop: threading.Event | None = None) -> int:
         """Handle one fetched batch and commit it; returns the number of records taken care of."""
         batch = self._consumer.poll(timeout_ms=self._settings.poll_timeout_ms)
+        self._announce_assignment()
         done = 0
         for records in batch.values():
             for record in records:
@@ -196,14 +224,19 @@ class EventConsumer:
         return done
 
     def close(self) -> None:
-        self._commit()
-        self._consumer.close(autocommit=False)
+        try:
+            self._commit()
+        finally:
+            self._consumer.close(autocommit=False)
 
     # -- internals -------------------------------------------------------------------------
 
     def _process(self, record: ConsumerRecord, stop: threading.Event | None) -> bool:
         """Handle or dead-letter one record; False when interrupted by shutdown mid-retry."""
         route = self._routes[record.topic]
+        if record.offset < self._saved.get((record.topic, record.partition), -1):
+            self._mark(record)  # the checkpoint's state holds it already
+            return True
         try:
             delivery = self._decode(route, record)
         except EventDecodeError as error:
@@ -297,10 +330,30 @@ class EventConsumer:
     def _mark(self, record: ConsumerRecord) -> None:
         tp = TopicPartition(record.topic, record.partition)
         self._pending[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        key = (record.topic, record.partition)
+        self._positions[key] = max(self._positions.get(key, 0), record.offset + 1)
+
+    def _announce_assignment(self) -> None:
+        """Routes that asked hear of the partitions held whenever they change, before their records."""
+        if not any(r.on_assign for r in self._routes.values()):
+            return
+        assigned = set(self._consumer.assignment())
+        if assigned == self._assigned:
+            return
+        self._assigned = assigned
+        for route in self._routes.values():
+            if route.on_assign is not None:
+                route.on_assign(sorted(tp.partition for tp in assigned if tp.topic == route.topic))
 
     def _commit(self) -> None:
         if not self._pending:
             return
+        # What the handlers published must be on the broker before the offsets move past the records that
+        # caused it: a crash after the commit but before the producer's batch went out would lose the
+        # effect for good (the records are never redelivered). Like the commit, it waits out a broker outage.
+        self._publisher.flush(timeout=None)
+        if self._checkpoint is not None:  # the state first: a crash before the commit then replays nothing
+            self._checkpoint.save(dict(self._positions))
         offsets, self._pending = self._pending, {}
         try:
             self._consumer.commit(offsets)

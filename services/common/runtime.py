@@ -16,7 +16,7 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import start_http_server
 
-from services.common.bus import EventConsumer, Publisher, Route
+from services.common.bus import Checkpoint, EventConsumer, Publisher, Route
 from services.common.grpc_server import GrpcServer, GrpcService
 from services.common.idempotency import IdempotencyStore, MemoryIdempotencyStore, SqliteIdempotencyStore
 from services.common.logging import configure_logging
@@ -48,7 +48,7 @@ class ServiceRuntime:
                 lambda server: platform_pb2_grpc.add_PlatformServiceServicer_to_server(_PlatformServicer(self), server),
             )
         ]
-        self._consumers: list[tuple[str, list[Route], IdempotencyStore]] = []
+        self._consumers: list[tuple[str, list[Route], IdempotencyStore, Checkpoint | None]] = []
         self._threads: list[threading.Thread] = []
         self._heartbeat_s = settings.heartbeat_s
         self._lifecycle: list[tuple[Callable[[], None], Callable[[], None]]] = []
@@ -61,11 +61,17 @@ class ServiceRuntime:
     def add_grpc_service(self, service: GrpcService) -> None:
         self._grpc_services.append(service)
 
-    def add_consumer(self, group_id: str, routes: Sequence[Route], idempotency_path: Path | None = None) -> None:
+    def add_consumer(
+        self,
+        group_id: str,
+        routes: Sequence[Route],
+        idempotency_path: Path | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
         store: IdempotencyStore = (
             SqliteIdempotencyStore(idempotency_path) if idempotency_path else MemoryIdempotencyStore()
         )
-        self._consumers.append((group_id, list(routes), store))
+        self._consumers.append((group_id, list(routes), store, checkpoint))
 
     def add_lifecycle(self, start: Callable[[], None], stop: Callable[[], None]) -> None:
         """Something of the service's own (an engine, an HTTP server): started after gRPC, stopped before it."""
@@ -78,7 +84,7 @@ class ServiceRuntime:
         return self._publisher
 
     def info(self) -> platform_pb2.ServiceInfo:
-        consumes = sorted({r.topic for _, routes, _ in self._consumers for r in routes})
+        consumes = sorted({r.topic for _, routes, _, _ in self._consumers for r in routes})
         return platform_pb2.ServiceInfo(
             name=self.name,
             version=VERSION,
@@ -100,8 +106,8 @@ class ServiceRuntime:
         port = self.grpc.start()
         for start, _stop in self._lifecycle:
             start()
-        for group_id, routes, store in self._consumers:
-            consumer = EventConsumer(self.settings.kafka, group_id, routes, self.publisher, store)
+        for group_id, routes, store, checkpoint in self._consumers:
+            consumer = EventConsumer(self.settings.kafka, group_id, routes, self.publisher, store, checkpoint)
             self._spawn(f"consumer-{group_id}", self._consume, consumer)
         if self._heartbeat_s > 0:
             self._spawn("heartbeat", self._heartbeat)

@@ -5,14 +5,25 @@ stays one incident while anomalous windows keep coming (deduplicated: at most on
 and resolves after ``resolve_after`` consecutive normal windows. Time is event time (the windows'),
 so replays and late data give the same incidents. Windows are handled in arrival order; a window that
 ends before the last one seen of its system is ignored (duplicate or out of order).
+
+With a ``path`` the tracker's state survives a crash: :meth:`IncidentTracker.save` writes what changed
+(each system's hysteresis and its incidents) to SQLite, and a new tracker on the same file goes on
+where the old one stopped, so a restart in the middle of a fault neither opens a second incident for
+it nor forgets the open one. The caller saves after publishing what :meth:`~IncidentTracker.observe`
+returned: a crash between the two replays the window, and since an incident's id is derived from its
+system and first window, the replay re-publishes the same incident, not a new one.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import sqlite3
 import threading
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from services.common.pb.faultline.v1 import common_pb2, detector_pb2, embedding_pb2
 
@@ -45,12 +56,27 @@ def _severity(peak: float) -> int:
     return common_pb2.SEVERITY_WARNING
 
 
+def incident_id(system: str, first_window: embedding_pb2.StateEmbedding) -> str:
+    """The same for the same system and first anomalous window: a replayed window re-opens the same incident."""
+    start = first_window.window.start.ToNanoseconds()
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"faultline:incident/{system}/{start}").hex
+
+
 class IncidentTracker:
-    def __init__(self, policy: IncidentPolicy | None = None) -> None:
+    def __init__(self, policy: IncidentPolicy | None = None, path: Path | None = None) -> None:
         self.policy = policy or IncidentPolicy()
         self._systems: dict[str, _SystemState] = defaultdict(_SystemState)
         self._incidents: dict[str, detector_pb2.Incident] = {}
         self._lock = threading.Lock()
+        self._changed: set[str] = set()  # systems whose state changed since the last save
+        self._touched: set[str] = set()  # incidents opened, extended or resolved since then
+        self._evicted: set[str] = set()  # and those no longer kept
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False)
+            self._db.executescript(_SCHEMA)
+            self._load()
 
     def observe(self, state: embedding_pb2.StateEmbedding) -> detector_pb2.Incident | None:
         """Feed one window; returns the incident when it opens, changes status, or None."""
@@ -59,6 +85,7 @@ class IncidentTracker:
             end_ns = state.window.end.ToNanoseconds()
             if end_ns <= s.last_end_ns:
                 return None
+            self._changed.add(state.system)
             s.last_end_ns = end_ns
             anomalous = state.anomalous or state.anomaly_score >= self.policy.threshold
             if anomalous:
@@ -80,7 +107,7 @@ class IncidentTracker:
 
     def _open(self, system: str, s: _SystemState) -> detector_pb2.Incident:
         first = s.anomalous_run[0]
-        incident = detector_pb2.Incident(id=uuid.uuid4().hex, system=system, status=OPEN)
+        incident = detector_pb2.Incident(id=incident_id(system, first), system=system, status=OPEN)
         incident.opened_at.CopyFrom(first.window.start)
         incident.window.start.CopyFrom(first.window.start)
         s.open, s.services, s.types = incident, Counter(), Counter()
@@ -88,11 +115,13 @@ class IncidentTracker:
             self._extend(s, state)
         s.anomalous_run = []
         self._remember(incident)
+        self._touched.add(incident.id)
         return self._copy(incident)
 
     def _extend(self, s: _SystemState, state: embedding_pb2.StateEmbedding) -> None:
         incident = s.open
         assert incident is not None
+        self._touched.add(incident.id)
         incident.window.end.CopyFrom(state.window.end)
         incident.anomalous_windows += 1
         for ranked in state.root_cause_services:
@@ -121,6 +150,7 @@ class IncidentTracker:
         incident = s.open
         assert incident is not None
         incident.status = RESOLVED
+        self._touched.add(incident.id)
         incident.resolved_at.CopyFrom(state.window.start)
         s.open, s.normal_run = None, 0
         return self._copy(incident)
@@ -132,6 +162,58 @@ class IncidentTracker:
             if self._incidents[oldest].status == OPEN:
                 break
             del self._incidents[oldest]
+            self._evicted.add(oldest)
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Writes the systems changed since the last save, and their incidents, in one transaction."""
+        if self._db is None:
+            return
+        with self._lock, self._db:
+            for system in self._changed:
+                s = self._systems[system]
+                row = {
+                    "anomalous_run": [base64.b64encode(w.SerializeToString()).decode() for w in s.anomalous_run],
+                    "normal_run": s.normal_run,
+                    "last_end_ns": s.last_end_ns,
+                    "open": s.open.id if s.open is not None else None,
+                    "services": dict(s.services),
+                    "types": dict(s.types),
+                }
+                self._db.execute("INSERT OR REPLACE INTO systems VALUES (?, ?)", (system, json.dumps(row)))
+            for key in self._touched - self._evicted:
+                self._db.execute(
+                    "INSERT INTO incidents (id, body) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                    (key, self._incidents[key].SerializeToString()),
+                )
+            self._db.executemany("DELETE FROM incidents WHERE id = ?", [(key,) for key in self._evicted])
+            self._changed.clear()
+            self._touched.clear()
+            self._evicted.clear()
+
+    def _load(self) -> None:
+        assert self._db is not None
+        for key, body in self._db.execute("SELECT id, body FROM incidents ORDER BY seq"):
+            self._incidents[key] = detector_pb2.Incident.FromString(body)
+        for system, text in self._db.execute("SELECT system, state FROM systems"):
+            row = json.loads(text)
+            self._systems[system] = _SystemState(
+                anomalous_run=[
+                    embedding_pb2.StateEmbedding.FromString(base64.b64decode(w)) for w in row["anomalous_run"]
+                ],
+                normal_run=row["normal_run"],
+                last_end_ns=row["last_end_ns"],
+                open=self._incidents.get(row["open"]) if row["open"] else None,
+                services=Counter(row["services"]),
+                types=Counter(row["types"]),
+            )
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     @staticmethod
     def _copy(incident: detector_pb2.Incident) -> detector_pb2.Incident:
@@ -152,3 +234,10 @@ class IncidentTracker:
                 if (not system or i.system == system) and (not status or i.status == status)
             ]
         return chosen[:limit] if limit > 0 else chosen
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS systems (system TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL);
+"""

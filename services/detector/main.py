@@ -29,7 +29,7 @@ DETECTOR_SERVICE = detector_pb2.DESCRIPTOR.services_by_name["DetectorService"].f
 class DetectorSettings(ServiceSettings):
     grpc: GrpcSettings = GrpcSettings(port=50054)
     checkpoint: Path = CHECKPOINT
-    data_dir: Path = Path(".run/detector")  # the live knowledge base and the mitigation audit log
+    data_dir: Path = Path(".run/detector")  # the live knowledge base, incidents, the mitigation audit log
     kb_path: Path | None = None  # default: data_dir/kb.sqlite, first copied from the checkpoint's seed
     backbone_cache: Path | None = None  # persisted text-embedding cache; None keeps it in memory
     torch_threads: int = Field(2, ge=1)
@@ -60,7 +60,8 @@ def build(settings: DetectorSettings) -> tuple[ServiceRuntime, DetectorApp]:
         load_thresholds(settings.checkpoint / CALIBRATION_FILE),
     )
     tracker = IncidentTracker(
-        IncidentPolicy(settings.incident_threshold, settings.incident_open_after, settings.incident_resolve_after)
+        IncidentPolicy(settings.incident_threshold, settings.incident_open_after, settings.incident_resolve_after),
+        settings.data_dir / "incidents.sqlite",  # survives a restart: no second incident for one fault
     )
     actuator = KubernetesActuator(settings.kubernetes_enabled, settings.data_dir / "mitigation-audit.jsonl")
     runtime = ServiceRuntime("detector", settings)

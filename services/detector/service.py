@@ -159,19 +159,23 @@ class DetectorApp:
         if not 0.0 <= state.anomaly_score <= 1.0:
             raise PermanentError(f"anomaly_score {state.anomaly_score} is outside 0..1")
         incident = self.incidents.observe(state)
-        if incident is None:
-            return
+        if incident is not None:
+            self._incident_changed(incident)
+        # Saved once published (a crash in between replays the window: the same incident id again).
+        self.incidents.save()
+
+    def _incident_changed(self, incident: detector_pb2.Incident) -> None:
         INCIDENTS_CHANGED.labels(incident.system, detector_pb2.IncidentStatus.Name(incident.status)).inc()
         if self.publisher is not None:
             event_id = f"{incident.id}/{detector_pb2.IncidentStatus.Name(incident.status)}"
             self.publisher.publish(
-                self.topics.incidents, incident, key=incident.system, subject=incident.id, event_id=event_id
+                self.topics.incidents, incident, key=incident.system, subject=incident.id, event_id=event_id, wait=True
             )
         if incident.status == OPEN:
             plan = self.actuator.execute(plan_for_incident(incident, self.namespace))
             if self.publisher is not None:
                 self.publisher.publish(
-                    self.topics.mitigations, plan, key=incident.system, subject=incident.id, event_id=plan.id
+                    self.topics.mitigations, plan, key=incident.system, subject=incident.id, event_id=plan.id, wait=True
                 )
 
     # -- feedback ---------------------------------------------------------------------------------

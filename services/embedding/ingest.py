@@ -89,20 +89,26 @@ class Slicer:
         self.config = config or WindowConfig()
         self.templates = templates or TemplateBook()
         self.systems: dict[str, SystemWindows] = {}
+        self.expected: dict[str, set[str]] = {}  # modality -> the sources (partitions) the consumer holds
         self.lock = threading.Lock()
         self.spans = 0
+
+    def expect(self, modality: str, sources: list[str]) -> None:
+        """The sources of ``modality`` data to wait for (the consumer's partitions, after each rebalance)."""
+        with self.lock:
+            self.expected[modality] = set(sources)
 
     def _windows(self, system: str) -> SystemWindows:
         found = self.systems.get(system)
         if found is None:
-            found = self.systems[system] = SystemWindows(system, self.config)
+            found = self.systems[system] = SystemWindows(system, self.config, self.expected)
         return found
 
     @property
     def late(self) -> int:
         return sum(s.late for s in self.systems.values())
 
-    def add_spans(self, request: ExportTraceServiceRequest) -> int:
+    def add_spans(self, request: ExportTraceServiceRequest, source: str = "") -> int:
         count = 0
         with self.lock:
             for group in request.resource_spans:
@@ -112,7 +118,7 @@ class Slicer:
                 for scoped in group.scope_spans:
                     for span in scoped.spans:
                         start = span.start_time_unix_nano
-                        pane = windows.pane_for(start, "spans")
+                        pane = windows.pane_for(start, "spans", source)
                         if pane is None:
                             continue
                         count += 1
@@ -128,7 +134,7 @@ class Slicer:
             self.spans += count
         return count
 
-    def add_metrics(self, request: ExportMetricsServiceRequest) -> int:
+    def add_metrics(self, request: ExportMetricsServiceRequest, source: str = "") -> int:
         count = 0
         with self.lock:
             for group in request.resource_metrics:
@@ -144,7 +150,7 @@ class Slicer:
                             continue
                         cumulative = metric.name in COUNTER_METRICS or (kind == "sum" and metric.sum.is_monotonic)
                         for point in getattr(metric, kind).data_points:
-                            pane = windows.pane_for(point.time_unix_nano, "metrics")
+                            pane = windows.pane_for(point.time_unix_nano, "metrics", source)
                             if pane is None:
                                 continue
                             value = point.as_double if point.WhichOneof("value") == "as_double" else point.as_int
@@ -161,7 +167,7 @@ class Slicer:
                                 own.metrics[feature].append(value)
         return count
 
-    def add_logs(self, request: ExportLogsServiceRequest) -> int:
+    def add_logs(self, request: ExportLogsServiceRequest, source: str = "") -> int:
         count = 0
         with self.lock:
             for group in request.resource_logs:
@@ -170,7 +176,7 @@ class Slicer:
                 service = str(resource.get("service.name", ""))
                 for scoped in group.scope_logs:
                     for record in scoped.log_records:
-                        pane = windows.pane_for(record.time_unix_nano or record.observed_time_unix_nano, "logs")
+                        pane = windows.pane_for(record.time_unix_nano or record.observed_time_unix_nano, "logs", source)
                         if pane is None:
                             continue
                         count += 1

@@ -11,7 +11,7 @@ from pydantic import Field
 from services.common.runtime import ServiceRuntime
 from services.common.settings import GrpcSettings, ServiceSettings, load_settings
 from services.embedding.checkpoint import DEFAULT_DIR, RuntimeSlicerModel
-from services.embedding.service import EmbeddingEngine, embedding_service
+from services.embedding.service import EmbeddingEngine, StreamState, embedding_service
 from services.embedding.windows import WindowConfig
 
 
@@ -22,6 +22,9 @@ class EmbeddingSettings(ServiceSettings):
     stride_s: float | None = Field(None, gt=0)
     lateness_s: float = Field(15.0, ge=0)
     consumer_group: str = "faultline-embedding"
+    # Windows being built, templates and baselines, saved at every offset commit: a restart goes on from them.
+    # None keeps them in memory only (a restart starts cold and loses the windows that were open).
+    state_path: Path | None = None
     keep_states: int = Field(10_000, ge=1)
     torch_threads: int = Field(2, ge=1)
     grpc: GrpcSettings = GrpcSettings(port=50053)
@@ -38,7 +41,8 @@ def build(settings: EmbeddingSettings) -> tuple[ServiceRuntime, EmbeddingEngine]
     runtime = ServiceRuntime("embedding", settings)
     engine.publisher = runtime.publisher
     runtime.add_grpc_service(embedding_service(engine))
-    runtime.add_consumer(settings.consumer_group, engine.routes())
+    state = StreamState(engine, settings.state_path) if settings.state_path else None
+    runtime.add_consumer(settings.consumer_group, engine.routes(), checkpoint=state)
     return runtime, engine
 
 

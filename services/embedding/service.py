@@ -4,14 +4,23 @@ The consumer feeds every OTLP record into the slicer; whenever the watermark clo
 they are scored against the rolling baseline, embedded, run through the heads and published
 on faultline.states.v1. A record that is not valid OTLP never reaches a handler: the bus
 dead-letters it and the partition moves on. Recent states are kept in memory for GetStates.
+
+With a :class:`StreamState` the windows being built, the log templates and the baselines are saved
+with the offsets they cover at every offset commit, and a restart goes on from there: a crash loses
+no window and does not start the baselines cold. A window published again after a crash (handled
+after the last save) keeps its event id, so consumers drop the repeat.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import threading
 import time
+import uuid
 from collections import deque
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -75,6 +84,41 @@ def to_proto(piece: Slice, prediction: Prediction, version: str) -> embedding_pb
     return state
 
 
+STATE_VERSION = 1
+
+
+def state_event_id(state: embedding_pb2.StateEmbedding) -> str:
+    """The same for the same window of the same system from the same model: a replayed window is a repeat."""
+    key = (
+        f"{state.system}/{state.window.start.ToNanoseconds()}/{state.window.end.ToNanoseconds()}/{state.model_version}"
+    )
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"faultline:state/{key}").hex
+
+
+class StreamState:
+    """The embedding consumer's :class:`~services.common.bus.Checkpoint`: the engine's stream state in one file.
+
+    One consumer per group (one replica): the file covers the partitions this process held.
+    """
+
+    def __init__(self, engine: EmbeddingEngine, path: Path) -> None:
+        self.engine, self.path = engine, path
+        self._offsets = engine.restore(path.read_bytes()) if path.is_file() else {}
+        if self._offsets:
+            log.info("stream state taken up", extra={"path": str(path), "partitions": len(self._offsets)})
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        return dict(self._offsets)
+
+    def save(self, offsets: dict[tuple[str, int], int]) -> None:
+        data = self.engine.snapshot(offsets)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_bytes(data)
+        os.replace(partial, self.path)  # a crash leaves the old file or the new one, never half of one
+        self._offsets = offsets
+
+
 class InvalidWindow(ValueError):
     """An EmbedWindow request that cannot be answered; the message says why."""
 
@@ -99,15 +143,25 @@ class EmbeddingEngine:
         """Consumer routes for the three telemetry topics (``names`` renames them, e.g. in tests)."""
         names = names or {}
         handlers = {
-            topics.OTLP_SPANS: lambda d: self._ingest(self.slicer.add_spans, d),
-            topics.OTLP_METRICS: lambda d: self._ingest(self.slicer.add_metrics, d),
-            topics.OTLP_LOGS: lambda d: self._ingest(self.slicer.add_logs, d),
+            topics.OTLP_SPANS: ("spans", lambda d: self._ingest(self.slicer.add_spans, d)),
+            topics.OTLP_METRICS: ("metrics", lambda d: self._ingest(self.slicer.add_metrics, d)),
+            topics.OTLP_LOGS: ("logs", lambda d: self._ingest(self.slicer.add_logs, d)),
         }
-        return [Route(names.get(t, t), otlp.TOPIC_MESSAGE[t], h, cloudevents=False) for t, h in handlers.items()]
+        return [
+            Route(
+                names.get(t, t),
+                otlp.TOPIC_MESSAGE[t],
+                h,
+                cloudevents=False,
+                # each partition is a source of its own: the watermark waits for the slowest (see windows.py)
+                on_assign=lambda partitions, m=modality: self.slicer.expect(m, [str(p) for p in partitions]),
+            )
+            for t, (modality, h) in handlers.items()
+        ]
 
     def _ingest(self, add, delivery: Delivery) -> None:  # type: ignore[no-untyped-def]
         late = self.slicer.late
-        add(delivery.message)
+        add(delivery.message, str(delivery.partition))
         if self.slicer.late > late:
             LATE.inc(self.slicer.late - late)
         self.emit(self.slicer.ready())
@@ -125,9 +179,45 @@ class EmbeddingEngine:
             self.states.append(state)
             WINDOWS.labels(state.system).inc()
             if self.publisher is not None:
-                self.publisher.publish(self.states_topic, state, key=state.system, subject=state.system)
+                self.publisher.publish(
+                    self.states_topic, state, key=state.system, subject=state.system, event_id=state_event_id(state)
+                )
         self.published += len(out)
         return out
+
+    # -- state across restarts (see StreamState) ----------------------------------------------------
+
+    def snapshot(self, offsets: dict[tuple[str, int], int]) -> bytes:
+        with self._lock, self.slicer.lock:
+            return pickle.dumps(
+                {
+                    "version": STATE_VERSION,
+                    "config": self.config,
+                    "systems": self.slicer.systems,
+                    "templates": self.slicer.templates,
+                    "baseline": self.baseline,
+                    "offsets": offsets,
+                },
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+
+    def restore(self, data: bytes) -> dict[tuple[str, int], int]:
+        """Takes up a snapshot; returns the offsets it covers (empty if it does not fit this engine)."""
+        saved = pickle.loads(data)  # written by this service, into its own state path
+        if saved.get("version") != STATE_VERSION or saved.get("config") != self.config:
+            log.warning("saved stream state not taken up: another format or other windows")
+            return {}
+        now = time.monotonic()
+        with self._lock, self.slicer.lock:
+            for windows in saved["systems"].values():
+                # Wall-clock bookkeeping starts over: every source holds the watermark as after a fresh start.
+                windows.expected, windows.opened = self.slicer.expected, now
+                windows.arrived = dict.fromkeys(windows.arrived, now)
+                for heard in windows.sources.values():
+                    heard.update({source: (newest, now) for source, (newest, _) in heard.items()})
+            self.slicer.systems, self.slicer.templates = saved["systems"], saved["templates"]
+            self.baseline = saved["baseline"]
+        return dict(saved["offsets"])
 
     # -- ad hoc ----------------------------------------------------------------------------------
 

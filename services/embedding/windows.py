@@ -7,6 +7,12 @@ arrive in separate records, in no fixed order) minus ``lateness_s``; a window is
 once the watermark passes its end. A record for a pane that no open window needs any more is
 late: it is dropped and counted, never silently merged into a window already published.
 
+Within a modality the newest event time is taken per source (a Kafka partition), and the modality's
+time is the oldest of them: a consumer catching up on a backlog reads one partition far ahead of the
+others (a whole fetch of it at once), and taking the newest over all partitions then closed windows
+that the other partitions still had data for, which was dropped as late. Sources the consumer holds
+but has not heard from yet wait like a modality not seen yet; a silent one stops counting after idle_s.
+
 Inside a pane everything is kept per service, so the views can break a window down by service
 and the root-cause head can score each service: span durations and errors, the gap between a
 caller's start and its callee's (where network faults show), metric points, log levels and
@@ -126,17 +132,19 @@ FEATURES: tuple[str, ...] = (*dict.fromkeys(METRIC_FEATURES.values()), *SPAN_FEA
 class SystemWindows:
     """The open panes of one system and its watermark."""
 
-    def __init__(self, system: str, config: WindowConfig) -> None:
+    def __init__(self, system: str, config: WindowConfig, expected: dict[str, set[str]] | None = None) -> None:
         self.system = system
         self.config = config
         self.panes: dict[int, Pane] = {}
         self.max_event_ns: dict[str, int] = {}  # per modality
         self.arrived: dict[str, float] = {}  # wall-clock of each modality's latest record
+        self.sources: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)  # modality -> source -> same two
+        self.expected = expected if expected is not None else {}  # modality -> sources the consumer holds
         self.opened = time.monotonic()
         self.next_window = -1  # index of the first pane of the next window to close; -1 before any data
         self.late = 0
 
-    def pane_for(self, time_ns: int, modality: str) -> Pane | None:
+    def pane_for(self, time_ns: int, modality: str, source: str = "") -> Pane | None:
         index = math.floor((time_ns / 1e9 - self.config.origin_s) / self.config.stride_s)
         if self.next_window < 0:
             # The first data opens the window that ends at its pane, so no earlier window is half empty.
@@ -144,9 +152,11 @@ class SystemWindows:
         if index < self.next_window:
             self.late += 1
             return None
-        self.arrived[modality] = time.monotonic()
+        now = self.arrived[modality] = time.monotonic()
         if time_ns > self.max_event_ns.get(modality, 0):
             self.max_event_ns[modality] = time_ns
+        newest, _ = self.sources[modality].get(source, (0, 0.0))
+        self.sources[modality][source] = (max(newest, time_ns), now)
         pane = self.panes.get(index)
         if pane is None:
             pane = self.panes[index] = Pane()
@@ -160,8 +170,14 @@ class SystemWindows:
         now, idle = time.monotonic(), self.config.idle_s
         # Every expected modality holds the watermark until it has been silent for idle_s, including one
         # not seen yet (counted from the system's first record): its data may simply not be fetched yet.
-        waiting = [m for m in self.config.modalities if m not in self.max_event_ns and now - self.opened < idle]
-        live = [t for m, t in self.max_event_ns.items() if now - self.arrived[m] < idle]
+        young = now - self.opened < idle
+        waiting = [m for m in self.config.modalities if m not in self.max_event_ns and young]
+        waiting += [m for m, heard in self.sources.items() if young and self.expected.get(m, set()) - heard.keys()]
+        live = []
+        for heard in self.sources.values():  # a modality is as far as its slowest live source
+            times = [t for t, arrived in heard.values() if now - arrived < idle]
+            if times:
+                live.append(min(times))
         newest = max(self.max_event_ns.values(), default=0)
         watermark_s = -math.inf if waiting else min(live, default=newest) / 1e9 - self.config.lateness_s
         out: list[list[Pane | None]] = []

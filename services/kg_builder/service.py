@@ -72,7 +72,11 @@ class KnowledgeGraph:
         with self._lock:
             if self.store.is_duplicate(source_id, digest):
                 INGESTED.labels(kind, "duplicate").inc()
-                return self._update(source_id, kind, None, []), True, None
+                # Published again under the first one's event id: a crash between storing the source and
+                # publishing its update would otherwise leave the update unsent for good.
+                update = self._update(source_id, kind, None, [])
+                self._publish(update, source_id, digest)
+                return update, True, None
             extraction = self._extract(item)
             links = conceptualise(extraction, self.llm)
             resolution = self.schema.resolve(raw for _, _, raw in links)
@@ -83,9 +87,12 @@ class KnowledgeGraph:
             self.schema.commit(resolution)
         INGESTED.labels(kind, "added").inc()
         update = self._update(source_id, kind, added, extraction.triples)
+        self._publish(update, source_id, digest)
+        return update, False, extraction
+
+    def _publish(self, update: kg_pb2.KgUpdate, source_id: str, digest: str) -> None:
         if self.publisher is not None and self.updates_topic:
             self.publisher.publish(self.updates_topic, update, key=source_id, subject=source_id, event_id=digest[:32])
-        return update, False, extraction
 
     def _extract(self, item: Message) -> Extraction:
         if isinstance(item, kg_pb2.Document):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +42,9 @@ class RcaApp:
         trace_ids: list[str] | None = None,
         incident_id: str = "",
         on_result: Callable[[rca_pb2.AgentVerdict, int, int], None] | None = None,
+        report_id: str = "",
     ) -> rca_pb2.RcaReport:
+        """One analysis, remembered and published; ``report_id`` (default: a new one) is also its event id."""
         if mode not in self.reasoners:
             raise ValueError(f"mode {mode!r} is not available; available: {', '.join(sorted(self.reasoners))}")
         if end_s <= start_s:
@@ -55,9 +58,18 @@ class RcaApp:
             incident_id=incident_id,
             on_result=(lambda _r, verdict, done, total: on_result(verdict, done, total)) if on_result else None,
         ).report
+        if report_id:
+            report.id = report_id
         self._remember(report)
         if self.publisher is not None:
-            self.publisher.publish(self.reports_topic, report, key=system, subject=incident_id or report.id, wait=True)
+            self.publisher.publish(
+                self.reports_topic,
+                report,
+                key=system,
+                subject=incident_id or report.id,
+                event_id=report_id or None,
+                wait=True,
+            )
         return report
 
     def _remember(self, report: rca_pb2.RcaReport) -> None:
@@ -81,9 +93,15 @@ class RcaApp:
         if end <= start:
             raise PermanentError(f"incident {incident.id} has an empty window")
         try:
-            self.analyze(incident.system, start, end, incident_id=incident.id)
+            # The incident's report has an id derived from the incident's: if a crash makes the service take
+            # the incident again after the report went out, the second one is the same report (and event).
+            self.analyze(incident.system, start, end, incident_id=incident.id, report_id=report_id(incident.id))
         except TelemetryError as error:
             raise PermanentError(str(error)) from error
+
+
+def report_id(incident_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"faultline:rca-report/{incident_id}"))
 
 
 def _window(incident: detector_pb2.Incident) -> tuple[float, float]:

@@ -269,3 +269,40 @@ def test_graceful_shutdown_hands_over_without_loss_or_repeat(kafka: KafkaSetting
     assert set(seen.values()) == {1}  # everything handled exactly once across the hand-over
     assert second.stats.handled == 300 - handled_before
     publisher.close()
+
+
+class _Saved:
+    """A Checkpoint kept in memory: what a stateful consumer saves with its offsets."""
+
+    def __init__(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.saved, self.saves = dict(offsets), 0
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        return dict(self.saved)
+
+    def save(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.saved, self.saves = dict(offsets), self.saves + 1
+
+
+def test_a_checkpoint_is_saved_at_every_commit_and_a_restart_resumes_where_it_ends(kafka: KafkaSettings, new_topic):  # type: ignore[no-untyped-def]
+    topic = new_topic(2)
+    publisher = Publisher(kafka, source="test/checkpoint")
+    for n in range(10):
+        publisher.publish(topic, _beat(n), key=f"k{n}", event_id=f"e{n}", wait=True)
+    first: list[Delivery] = []
+    saved = _Saved({})
+    consumer = EventConsumer(kafka, "g-checkpoint", [Route(topic, platform_pb2.Heartbeat, first.append)], publisher,
+                             checkpoint=saved)  # fmt: skip
+    with running(consumer):
+        wait_until(lambda: len(first) == 10 and sum(saved.saved.values()) == 10, what="all handled and saved")
+    assert saved.saves >= 1
+    # A new group (it would read everything) whose saved state covers partition 0 and half of partition 1.
+    ones = sorted(d.offset for d in first if d.partition == 1)
+    resume = {(topic, 0): 1 + max(d.offset for d in first if d.partition == 0), (topic, 1): ones[len(ones) // 2]}
+    second: list[Delivery] = []
+    consumer = EventConsumer(kafka, "g-checkpoint-2", [Route(topic, platform_pb2.Heartbeat, second.append)],
+                             publisher, checkpoint=_Saved(resume))  # fmt: skip
+    with running(consumer):
+        wait_until(lambda: len(second) >= len(ones) - len(ones) // 2, what="the rest of partition 1")
+        threading.Event().wait(1.0)  # room for a record it should not have read
+    assert sorted((d.partition, d.offset) for d in second) == [(1, o) for o in ones[len(ones) // 2 :]]

@@ -51,3 +51,28 @@ def test_replayed_or_out_of_order_windows_change_nothing() -> None:
     assert tracker.observe(state("a", 5, 0.9)) is None  # the same window again
     assert tracker.observe(state("a", 4, 0.9)) is None  # an older one
     assert tracker.observe(state("a", 6, 0.9)).status == OPEN
+
+
+def test_a_restarted_tracker_goes_on_where_the_last_one_saved(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "incidents.sqlite"
+    first = IncidentTracker(IncidentPolicy(open_after=2, resolve_after=2), path)
+    [opened] = [i for n in range(4) if (i := first.observe(state("a", n, [0.1, 0.9, 0.9, 0.9][n])))]
+    first.save()
+    first.close()  # a crash after the save: the fault's windows are still coming
+    second = IncidentTracker(IncidentPolicy(open_after=2, resolve_after=2), path)
+    assert second.get(opened.id).status == OPEN
+    assert second.observe(state("a", 3, 0.9)) is None  # a replayed window: already seen
+    events = [i for n in range(4, 8) if (i := second.observe(state("a", n, [0.9, 0.9, 0.1, 0.1][n - 4])))]
+    assert [(e.id, e.status) for e in events] == [(opened.id, RESOLVED)]  # no second incident for the fault
+    assert events[0].anomalous_windows == 5
+
+
+def test_a_window_replayed_after_a_crash_before_the_save_opens_the_same_incident(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "incidents.sqlite"
+    first = IncidentTracker(IncidentPolicy(open_after=2), path)
+    assert first.observe(state("a", 0, 0.9)) is None
+    first.save()
+    published = first.observe(state("a", 1, 0.9))  # opened and published, then killed before saving
+    first.close()
+    again = IncidentTracker(IncidentPolicy(open_after=2), path).observe(state("a", 1, 0.9))
+    assert published is not None and again is not None and again.id == published.id

@@ -181,3 +181,45 @@ def test_a_modality_not_fetched_yet_holds_the_watermark_until_it_goes_idle(monke
     slicer.add_spans(spans("cart", [290.0]))
     closed = slicer.ready()
     assert closed and closed[0].start_s == 100.0 and closed[0].spans == 2
+
+
+def test_a_partition_read_far_ahead_makes_no_other_partitions_data_late() -> None:
+    # A consumer catching up reads a whole fetch of one partition before the next: partition 0 runs to 300 s
+    # while partition 1 still has 105-125 s to come. The modality is as far as its slowest partition.
+    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0, modalities=("spans",)))
+    slicer.expect("spans", ["0", "1"])
+    slicer.add_spans(spans("cart", [101.0, 150.0, 300.0]), "0")
+    assert slicer.ready() == []  # partition 1 not heard from yet: it holds the watermark
+    slicer.add_spans(spans("cart", [105.0, 112.0, 125.0]), "1")
+    assert [(w.start_s, w.spans) for w in slicer.ready()] == [(100.0, 3)]  # partition 1 is at 125
+    slicer.add_spans(spans("cart", [140.0]), "1")
+    assert [(w.start_s, w.spans) for w in slicer.ready()] == [(110.0, 2), (120.0, 1)]
+    assert slicer.late == 0
+
+
+def test_without_sources_the_newest_of_a_modality_counts_as_before() -> None:
+    slicer = Slicer(WindowConfig(window_s=20, stride_s=10, lateness_s=0, modalities=("spans",)))
+    slicer.add_spans(spans("cart", [101.0, 141.0]))
+    assert [w.start_s for w in slicer.ready()] == [100.0, 110.0, 120.0]
+    slicer.add_spans(spans("cart", [105.0]))  # one source: 141 closed [100, 120) already
+    assert slicer.late == 1
+
+
+def test_stream_state_taken_up_after_a_crash_goes_on_as_if_never_stopped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.embedding.service import EmbeddingEngine, StreamState
+
+    config = WindowConfig(window_s=20, stride_s=10, lateness_s=0, modalities=("spans",))
+    running = EmbeddingEngine(None, config)  # type: ignore[arg-type]  # the model is not needed to slice
+    running.slicer.expect("spans", ["0"])
+    running.slicer.add_spans(spans("cart", [101.0, 105.0, 112.0]), "0")
+    StreamState(running, tmp_path / "state.pickle").save({("otlp_spans", 0): 7})
+    restarted = EmbeddingEngine(None, config)  # type: ignore[arg-type]
+    taken_up = StreamState(restarted, tmp_path / "state.pickle")
+    assert taken_up.offsets() == {("otlp_spans", 0): 7}
+    restarted.slicer.expect("spans", ["0"])
+    for engine in (running, restarted):
+        engine.slicer.add_spans(spans("cart", [126.0]), "0")
+    assert [(w.start_s, w.spans) for w in restarted.slicer.ready()] == [(100.0, 3)]
+    assert [(w.start_s, w.spans) for w in running.slicer.ready()] == [(100.0, 3)]
+    other = EmbeddingEngine(None, WindowConfig(window_s=30, stride_s=15))  # type: ignore[arg-type]
+    assert StreamState(other, tmp_path / "state.pickle").offsets() == {}  # saved with other windows: not taken up

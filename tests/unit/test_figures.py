@@ -336,3 +336,33 @@ def test_a_result_without_its_machine_keeps_the_machine_the_table_gives(readme: 
     )
     assert latency.endswith("| machine not recorded; file written " + latency.rsplit(" ", 2)[-2] + " |")
     assert update_readme(readme, tmp_path / "results") == []
+
+
+def test_reliability_row_gives_the_verdicts_and_the_counts() -> None:
+    result = {
+        "nothing_lost": True,
+        "no_incident_twice": True,
+        "scenario": {"event_time_s": 1200, "faults": ["a", "b"], "agent_run": True},
+        "kills": [
+            {"service": "embedding", "restarted_after_s": 12.1},
+            {"service": "detector", "restarted_after_s": 18.1},
+        ],
+        "counts": {
+            "windows_due": 64,
+            "windows_whole": 64,
+            "incidents_per_fault": [1, 1],
+            "incidents": 2,
+            "reports": 2,
+            "kg_updates": 2,
+            "redelivered": 1,
+            "dead_letters": 0,
+        },
+        "machine": "box x86_64 2 cores, Python 3.11.7",
+        "finished_at": "2030-01-02T00:00:00Z",
+    }
+    (row,) = figures.loadtest_reliability(result)
+    assert row.key == "loadtest_reliability" and row.key in ORDER
+    assert row.figure.startswith("nothing lost, no incident twice: 64 of 64 windows whole, incidents per fault 1 / 1")
+    assert row.figure.endswith("serving again 12–18 s after the kill")
+    assert row.command == "`make chaos`"
+    row.line()

@@ -99,3 +99,24 @@ def test_queries_over_grpc(stub) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as error:
         stub.Neighbours(kg_pb2.NeighboursRequest(entity="no such thing"))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class _Published:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []  # (source id, event id)
+
+    def publish(self, topic: str, message, *, key=None, subject=None, event_id=None, wait=False):  # type: ignore[no-untyped-def]
+        self.events.append((message.source_id, event_id))
+
+
+def test_a_report_taken_again_after_a_crash_publishes_its_update_again_under_the_same_event_id() -> None:
+    # Killed after storing the report but before its KgUpdate went out, the service takes the report again:
+    # the store says duplicate, and the update must still go out (under the first one's id, so a consumer
+    # that did get the first drops this one).
+    published = _Published()
+    graph = KnowledgeGraph(KgStore(), shared_encoder(), publisher=published, updates_topic="updates")  # type: ignore[arg-type]
+    report = _report("c1", "cartservice", "delay", "cart slow", ["latency 5x"])
+    _, duplicate, _ = graph.ingest(report)
+    again, duplicate_again, _ = graph.ingest(report)
+    assert not duplicate and duplicate_again and again.nodes_added == 0
+    assert published.events[0] == published.events[1] and published.events[0][0] == "c1"
