@@ -25,11 +25,13 @@ from starlette.routing import Route
 
 from deploy.kafka.broker import free_port
 from services.cli import SERVICES
+from services.common.admin import ensure_topics
 from services.common.http import BearerAuth, HttpServer
 from services.common.pb.faultline.v1 import platform_pb2, platform_pb2_grpc
 from services.common.pb.kserve.v2 import open_inference_pb2
 from services.common.runtime import ServiceRuntime
 from services.common.settings import KafkaSettings, ServiceSettings, load_settings
+from services.common.topics import CATALOGUE
 from services.inference.kserve import TRITON_SERVICE
 from services.inference.shapes import make_random_checkpoint
 
@@ -90,6 +92,7 @@ def served(
     request: pytest.FixtureRequest, kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     name = request.param
+    ensure_topics(kafka, CATALOGUE)  # as `faultline topics` would: no consumer auto-creates a 1-partition topic
     main = importlib.import_module(SERVICES[name].partition(":")[0])
     overrides = _overrides(name, tmp_path_factory.mktemp(name.replace("-", "_")))
     with pytest.MonkeyPatch.context() as env:

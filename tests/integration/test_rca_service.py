@@ -59,8 +59,10 @@ def _report_for(kafka: KafkaSettings, incident_id: str, timeout_s: float = 90) -
 def test_incident_in_report_out_names_the_injected_service(
     service, kafka: KafkaSettings, stretch: int, fault: str, service_name: str
 ) -> None:  # type: ignore[no-untyped-def]
-    # Its own stretch of past time, so that other tests' telemetry in the shared topics is not in the window.
-    epoch = int(time.time()) - 3 * 3600 - 1800 * stretch  # disjoint: random offsets could overlap
+    # Its own stretch of past time, so that other tests' telemetry in the shared topics is not in the window;
+    # a later case gets a later stretch, so each partition's timestamps only grow, as real telemetry's do
+    # (the window is read back with an offsets-for-times seek that relies on it).
+    epoch = int(time.time()) - 4 * 3600 + 1800 * stretch  # disjoint: random offsets could overlap
     spec = ScenarioSpec(faults=(f"{fault}@150s+90s",), duration_s=240, seed=7, epoch_s=epoch, rate_scale=0.3)
     publish(Scenario(spec), kafka, speed=0, chunk_s=30)
 
