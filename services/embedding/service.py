@@ -212,7 +212,6 @@ class EmbeddingEngine:
             for windows in saved["systems"].values():
                 # Wall-clock bookkeeping starts over: every source holds the watermark as after a fresh start.
                 windows.expected, windows.opened = self.slicer.expected, now
-                windows.arrived = dict.fromkeys(windows.arrived, now)
                 for heard in windows.sources.values():
                     heard.update({source: (newest, now) for source, (newest, _) in heard.items()})
             self.slicer.systems, self.slicer.templates = saved["systems"], saved["templates"]

@@ -136,9 +136,8 @@ class SystemWindows:
         self.system = system
         self.config = config
         self.panes: dict[int, Pane] = {}
-        self.max_event_ns: dict[str, int] = {}  # per modality
-        self.arrived: dict[str, float] = {}  # wall-clock of each modality's latest record
-        self.sources: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)  # modality -> source -> same two
+        # modality -> source -> (newest event time in ns, wall-clock of its latest record)
+        self.sources: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
         self.expected = expected if expected is not None else {}  # modality -> sources the consumer holds
         self.opened = time.monotonic()
         self.next_window = -1  # index of the first pane of the next window to close; -1 before any data
@@ -152,11 +151,9 @@ class SystemWindows:
         if index < self.next_window:
             self.late += 1
             return None
-        now = self.arrived[modality] = time.monotonic()
-        if time_ns > self.max_event_ns.get(modality, 0):
-            self.max_event_ns[modality] = time_ns
-        newest, _ = self.sources[modality].get(source, (0, 0.0))
-        self.sources[modality][source] = (max(newest, time_ns), now)
+        heard = self.sources[modality]
+        newest, _ = heard.get(source, (0, 0.0))
+        heard[source] = (max(newest, time_ns), time.monotonic())
         pane = self.panes.get(index)
         if pane is None:
             pane = self.panes[index] = Pane()
@@ -171,14 +168,14 @@ class SystemWindows:
         # Every expected modality holds the watermark until it has been silent for idle_s, including one
         # not seen yet (counted from the system's first record): its data may simply not be fetched yet.
         young = now - self.opened < idle
-        waiting = [m for m in self.config.modalities if m not in self.max_event_ns and young]
+        waiting = [m for m in self.config.modalities if m not in self.sources and young]
         waiting += [m for m, heard in self.sources.items() if young and self.expected.get(m, set()) - heard.keys()]
         live = []
         for heard in self.sources.values():  # a modality is as far as its slowest live source
             times = [t for t, arrived in heard.values() if now - arrived < idle]
             if times:
                 live.append(min(times))
-        newest = max(self.max_event_ns.values(), default=0)
+        newest = max((t for heard in self.sources.values() for t, _ in heard.values()), default=0)
         watermark_s = -math.inf if waiting else min(live, default=newest) / 1e9 - self.config.lateness_s
         out: list[list[Pane | None]] = []
         last = max(self.panes, default=self.next_window)
