@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import Message
 
 from services.common import topics
-from services.common.bus import Delivery, Route
+from services.common.bus import Route
 from services.common.pb.faultline.v1 import detector_pb2, embedding_pb2, kg_pb2, rca_pb2
 
 
@@ -69,36 +69,20 @@ class ConsoleStore:
         self.keep = keep
 
     def routes(self) -> list[Route]:
-        return [
-            Route(topics.STATES, embedding_pb2.StateEmbedding, self._on_state),
-            Route(topics.INCIDENTS, detector_pb2.Incident, self._on_incident),
-            Route(topics.ALERTS, detector_pb2.Alert, self._on_alert),
-            Route(topics.MITIGATIONS, detector_pb2.MitigationPlan, self._on_plan),
-            Route(topics.RCA_REPORTS, rca_pb2.RcaReport, self._on_report),
-            Route(topics.KG_UPDATES, kg_pb2.KgUpdate, self._on_kg_update),
-        ]
+        """One route per topic shown; each hands its decoded message to the matching ``add_*``."""
+        adders = (
+            (topics.STATES, embedding_pb2.StateEmbedding, self.add_state),
+            (topics.INCIDENTS, detector_pb2.Incident, self.add_incident),
+            (topics.ALERTS, detector_pb2.Alert, self.add_alert),
+            (topics.MITIGATIONS, detector_pb2.MitigationPlan, self.add_plan),
+            (topics.RCA_REPORTS, rca_pb2.RcaReport, self.add_report),
+            (topics.KG_UPDATES, kg_pb2.KgUpdate, self.add_kg_update),
+        )
+        return [Route(topic, kind, lambda d, add=add: add(d.message)) for topic, kind, add in adders]
 
     def _trim(self, table: OrderedDict) -> None:  # type: ignore[type-arg]
         while len(table) > self.keep:
             table.popitem(last=False)
-
-    def _on_state(self, delivery: Delivery) -> None:
-        self.add_state(delivery.message)  # type: ignore[arg-type]
-
-    def _on_incident(self, delivery: Delivery) -> None:
-        self.add_incident(delivery.message)  # type: ignore[arg-type]
-
-    def _on_alert(self, delivery: Delivery) -> None:
-        self.add_alert(delivery.message)  # type: ignore[arg-type]
-
-    def _on_plan(self, delivery: Delivery) -> None:
-        self.add_plan(delivery.message)  # type: ignore[arg-type]
-
-    def _on_report(self, delivery: Delivery) -> None:
-        self.add_report(delivery.message)  # type: ignore[arg-type]
-
-    def _on_kg_update(self, delivery: Delivery) -> None:
-        self.add_kg_update(delivery.message)  # type: ignore[arg-type]
 
     def add_state(self, state: embedding_pb2.StateEmbedding) -> None:
         with self._lock:
