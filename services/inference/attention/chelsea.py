@@ -145,11 +145,14 @@ class ChelseaBackend(AttentionBackend):
 
     def _held(self, layer: int, cache: LayerCache) -> int:
         """Entries a compressed head holds: the cache length, less the padding when the layer has outlier heads."""
-        outliers = self.outliers.get(layer, [])
-        if not outliers:
+        if not self.outliers.get(layer):
             return cache.length
-        compressed = [h for h in range(cache.kv_heads) if h not in outliers]
+        compressed = self._compressed_heads(layer, cache.kv_heads)
         return int((cache.extra("chelsea_size")[compressed[0]] > 0).sum()) if compressed else 0
+
+    def _compressed_heads(self, layer: int, kv_heads: int) -> list[int]:
+        outliers = self.outliers.get(layer, [])
+        return [h for h in range(kv_heads) if h not in outliers]
 
     @staticmethod
     def _bias(cache: LayerCache) -> torch.Tensor:
@@ -178,7 +181,7 @@ class ChelseaBackend(AttentionBackend):
             return
         keys, values, sizes = cache.keys(), cache.values(), cache.extra("chelsea_size")
         outliers = self.outliers.get(layer, [])
-        compressed = [h for h in range(cache.kv_heads) if h not in outliers]
+        compressed = self._compressed_heads(layer, cache.kv_heads)
         if not compressed:
             return
         idx = torch.tensor(compressed)
