@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# left behind by an install with transformers 5.25+: it shadows (or is shadowed by) kernels/
+	@$(PY) -m pip uninstall -y -q kernels 2>/dev/null || true
 	touch $@
 
 $(PROTO_STAMP): $(STAMP) $(PROTOS) services/common/codegen.py
