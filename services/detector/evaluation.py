@@ -3,7 +3,8 @@
 Knowledge base and thresholds come from the training seeds' labelled runs (built here for both encoders
 by the same code); evaluation runs come from held-out seeds. Per system it reports run-level detection
 P/R/F1 (an alert on a failure run is a TP, on a success run an FP), diagnosis macro-F1 over the types of
-the detected failure runs, detection latency in steps after the injected step, the online scoring time
+the detected failure runs, detection latency after the injected step (in steps, and in seconds of the
+run's own clock), the online scoring time
 per step (backbone included, cold text cache), and Recall@10 of same-failure traces among the knowledge
 base's trace cases. A second set injects only failure types held out of training and of the knowledge
 base: diagnosis cannot name them, but detection can still fire.
@@ -80,13 +81,16 @@ def evaluate_set(
     tp = fp = fn = 0
     diagnosis: list[tuple[str, str]] = []
     latency_steps: list[int] = []
+    latency_s: list[float] = []
     early = trace_level = unknown = 0
     queries = []
     for labelled in chosen:
         steps, prefixes = embed_run(encoder, labelled.features)
         agents = [s.agent for s in labelled.run.steps]
-        scores = score_run(kb, system, agents, steps, prefixes[-1], None)
-        alert = first_alert(scores, thresholds[system])
+        limits = thresholds[system]
+        ungrounded = [limits.ungrounded(a, f) for a, f in zip(agents, labelled.features, strict=True)]
+        scores = score_run(kb, system, agents, steps, prefixes[-1], None, ungrounded)
+        alert = first_alert(scores, limits)
         failed = labelled.failure_step >= 0
         if failed:
             queries.append((labelled.failure_type, prefixes[-1]))
@@ -101,13 +105,16 @@ def evaluate_set(
         predicted = diagnose(matches)[0]  # "unknown" for a deviation alert that no known failure explains
         unknown += predicted == "unknown"
         diagnosis.append((labelled.failure_type, predicted))
+        steps_run = labelled.run.steps
         if index < 0:
             trace_level += 1
-            latency_steps.append(len(labelled.run.steps) - 1 - labelled.failure_step)
-        elif index < labelled.failure_step:
+            index = len(steps_run) - 1
+        if index < labelled.failure_step:
             early += 1
         else:
             latency_steps.append(index - labelled.failure_step)
+            # the run's own clock: the failure step ended → the alerting step ended (scoring time comes on top)
+            latency_s.append((steps_run[index].end_ns - steps_run[labelled.failure_step].end_ns) / 1e9)
     return {
         "runs": len(chosen),
         "failure_runs": sum(r.failure_step >= 0 for r in chosen),
@@ -116,6 +123,7 @@ def evaluate_set(
         "diagnosis_accuracy": float(np.mean([t == p for t, p in diagnosis])) if diagnosis else 0.0,
         "latency_steps_mean": float(np.mean(latency_steps)) if latency_steps else None,
         "latency_steps_median": float(np.median(latency_steps)) if latency_steps else None,
+        "latency_s_median": float(np.median(latency_s)) if latency_s else None,
         "alerts_before_injected_step": early,
         "trace_level_detections": trace_level,
         "diagnosed_unknown": unknown,
@@ -135,57 +143,6 @@ def step_latency_ms(
         detector.end_run(labelled.run.run_id)
     times.sort()
     return {"mean": statistics.fmean(times), "p50": times[len(times) // 2], "p95": times[int(len(times) * 0.95)]}
-
-
-def incident_figures(seed: int = 0, window_s: int = 10) -> dict:
-    """Hysteresis on *synthetic* StateEmbedding sequences (the embedding service was not runnable here).
-
-    Normal traffic: anomaly scores ~ N(0.15, 0.1) with 1% isolated spikes in U(0.5, 0.9) (what a noisy
-    anomaly head gives). A fault: from its start the score ramps 0.35 + 0.2·k + N(0, 0.1) per window k, for
-    30 windows. Reports, per ``open_after``: hours of normal traffic per false incident, and the time from
-    fault start to the incident (the fault starts at a random point inside a window).
-    """
-    from services.common.pb.faultline.v1 import embedding_pb2
-    from services.detector.incidents import OPEN, IncidentPolicy, IncidentTracker
-
-    rng = np.random.default_rng(seed)
-
-    def window(i: int, score: float) -> embedding_pb2.StateEmbedding:
-        state = embedding_pb2.StateEmbedding(system="boutique", anomaly_score=float(np.clip(score, 0, 1)))
-        state.window.start.FromSeconds(i * window_s)
-        state.window.end.FromSeconds((i + 1) * window_s)
-        return state
-
-    out = {}
-    hours = 24
-    normal = 0.15 + 0.1 * rng.standard_normal(hours * 3600 // window_s)
-    spikes = rng.random(len(normal)) < 0.01
-    normal[spikes] = rng.uniform(0.5, 0.9, spikes.sum())
-    for open_after in (1, 2, 3):
-        policy = IncidentPolicy(threshold=0.5, open_after=open_after, resolve_after=3)
-        tracker = IncidentTracker(policy)
-        false = sum(
-            1 for i, s in enumerate(normal) if (x := tracker.observe(window(i, s))) is not None and x.status == OPEN
-        )
-        delays = []
-        for _fault in range(50):
-            tracker = IncidentTracker(policy)
-            offset = rng.uniform(0, window_s)
-            scores = [
-                *(0.15 + 0.1 * rng.standard_normal(30)),
-                *(0.35 + 0.2 * np.arange(30) + 0.1 * rng.standard_normal(30)),
-            ]
-            for i, s in enumerate(scores):
-                incident = tracker.observe(window(i, s))
-                if incident is not None and incident.status == OPEN and i >= 30:
-                    delays.append((i + 1 - 30) * window_s - offset)  # the opening window's end, from fault start
-                    break
-        out[f"open_after_{open_after}"] = {
-            "false_incidents_per_hour": false / hours,
-            "fault_to_incident_s_median": float(np.median(delays)) if delays else None,
-            "faults_detected": len(delays),
-        }
-    return out
 
 
 def plot(results: dict, path: Path) -> None:
@@ -264,24 +221,22 @@ def main(argv: list[str]) -> int:
         print(f"  {name}: evaluated in {time.perf_counter() - started:.0f}s", flush=True)
 
     header = (
-        f"{'encoder':10} {'system':6} {'P':>5} {'R':>5} {'F1':>5} {'diagF1':>6} {'lat.steps':>9} {'ms/step':>8} "
-        f"{'R@10':>5} | held-out types: {'F1':>5} {'R':>5}"
+        f"{'encoder':10} {'system':6} {'P':>5} {'R':>5} {'F1':>5} {'diagF1':>6} {'lat.steps':>9} {'lat.s':>6} "
+        f"{'ms/step':>8} {'R@10':>5} | held-out types: {'F1':>5} {'R':>5}"
     )
     print(header)
     for name in encoders:
         for system in SYSTEMS:
             r, h = results[name][system], results[name]["held_out_types"][system]
             d = r["detection"]
-            lat = r["latency_steps_mean"]
+            lat, lat_s = r["latency_steps_mean"], r["latency_s_median"]
             print(
                 f"{name:10} {system:6} {d['precision']:5.2f} {d['recall']:5.2f} {d['f1']:5.2f} "
                 f"{r['diagnosis_macro_f1']:6.2f} {lat if lat is None else round(lat, 2)!s:>9} "
+                f"{lat_s if lat_s is None else round(lat_s, 1)!s:>6} "
                 f"{r['step_latency_ms']['mean']:8.1f} {r['recall_at_10']:5.2f} | "
                 f"{'':15} {h['detection']['f1']:5.2f} {h['detection']['recall']:5.2f}"
             )
-    results["incidents_synthetic_states"] = incident_figures()
-    for policy, figures in results["incidents_synthetic_states"].items():
-        print(f"  incidents ({policy}, synthetic states): {figures}")
     from loadtests.bench import stamp
 
     results |= stamp(load)  # machine, settings, load, date: the README's Figures table shows them

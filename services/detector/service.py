@@ -58,6 +58,7 @@ def alert_proto(alert: AlertInfo, encoder_version: str, kb_version: int) -> dete
         level=detector_pb2.ALERT_LEVEL_TRACE if alert.level == TRACE else detector_pb2.ALERT_LEVEL_STEP,
         knowledge_score=alert.knowledge,
         deviation_score=alert.deviation,
+        ungrounded_score=alert.ungrounded,
         encoder_version=encoder_version,
         kb_version=kb_version,
     )
@@ -110,6 +111,7 @@ class DetectorApp:
             step_index=verdict.step_index,
             knowledge_score=verdict.score.knowledge,
             deviation_score=verdict.score.deviation,
+            ungrounded_score=verdict.score.ungrounded,
             latency_ms=verdict.latency_ms,
         )
         if verdict.alert is not None:

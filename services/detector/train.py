@@ -20,14 +20,14 @@ import argparse
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from services.detector import contrastive
-from services.detector.detection import RunScores, Thresholds, calibrate, embed_run, score_run
+from services.detector.detection import RunScores, Thresholds, calibrate, embed_run, grounding_block, score_run
 from services.detector.encoder import (
     CHECKPOINT,
     DEFAULT_CACHE,
@@ -38,6 +38,7 @@ from services.detector.encoder import (
     save_encoder,
     step_features,
 )
+from services.detector.grounding import Envelope
 from services.detector.knowledge_base import MITIGATIONS, NORMAL, STEP, TRACE, Case, KnowledgeBase
 from services.detector.steps import Run, Step, from_request, group_runs
 
@@ -56,6 +57,7 @@ class LabelledRun:
     failure_type: str  # "" for a success run
     failure_agent: str
     failure_step: int  # -1 for a success run
+    seed: int = 0
 
 
 def simulated_runs(
@@ -76,6 +78,7 @@ def simulated_runs(
                     failure.failure_type if failure else "",
                     failure.agent if failure else "",
                     failure.step if failure else -1,
+                    seed,
                 )
             )
     return out
@@ -241,12 +244,37 @@ def seed_knowledge_base(kb: KnowledgeBase, encoder: StepEncoder, runs: list[Labe
     return traces
 
 
+def fit_envelopes(runs: list[LabelledRun]) -> dict[str, Envelope]:
+    """Each agent's normal range of the grounding features, over the normal steps of ``runs``."""
+    rows: dict[str, list[np.ndarray]] = {}
+    for labelled in runs:
+        block = grounding_block(labelled.features)
+        for step, row in zip(labelled.run.steps, block, strict=True):
+            if state_of(labelled, step) == NORMAL:
+                rows.setdefault(step.agent, []).append(row)
+    return {agent: Envelope.fit(np.stack(r)) for agent, r in rows.items()}
+
+
+def held_out_ungrounded(runs: list[LabelledRun]) -> dict[str, list[float]]:
+    """Per run, its steps' ``ungrounded`` against the normal ranges of the other seeds' runs: a range fitted on
+    a run itself would never put its own steps outside, and thresholds calibrated on that would be too low."""
+    out = {}
+    for seed in sorted({r.seed for r in runs}):
+        limits = Thresholds(envelopes=fit_envelopes([r for r in runs if r.seed != seed]))
+        for labelled in (r for r in runs if r.seed == seed):
+            agents = [s.agent for s in labelled.run.steps]
+            out[labelled.run.run_id] = [limits.ungrounded(a, f) for a, f in zip(agents, labelled.features, strict=True)]
+    return out
+
+
 def loo_scores(kb: KnowledgeBase, encoder: StepEncoder, runs: list[LabelledRun]) -> list[RunScores]:
+    ungrounded = held_out_ungrounded(runs)
     out = []
     for labelled in runs:
         steps, prefixes = embed_run(encoder, labelled.features)
         agents = [s.agent for s in labelled.run.steps]
-        out.append(score_run(kb, labelled.run.system, agents, steps, prefixes[-1], labelled.run.run_id))
+        run_id = labelled.run.run_id
+        out.append(score_run(kb, labelled.run.system, agents, steps, prefixes[-1], run_id, ungrounded[run_id]))
     return out
 
 
@@ -254,7 +282,8 @@ def calibrate_all(kb: KnowledgeBase, encoder: StepEncoder, runs: list[LabelledRu
     out = {}
     for system in SYSTEMS:
         chosen = [r for r in runs if r.run.system == system]
-        out[system] = calibrate(loo_scores(kb, encoder, chosen), [r.failure_step >= 0 for r in chosen])
+        limits = calibrate(loo_scores(kb, encoder, chosen), [r.failure_step >= 0 for r in chosen])
+        out[system] = replace(limits, envelopes=fit_envelopes(chosen))
     return out
 
 
@@ -265,7 +294,7 @@ def save_thresholds(thresholds: dict[str, Thresholds], path: Path) -> None:
 def load_thresholds(path: Path) -> dict[str, Thresholds]:
     if not path.is_file():
         return {}
-    return {s: Thresholds(**t) for s, t in json.loads(path.read_text()).items()}
+    return {s: Thresholds.from_dict(t) for s, t in json.loads(path.read_text()).items()}
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> None:
@@ -331,6 +360,7 @@ def main(argv: list[str]) -> int:
     save_thresholds(thresholds, args.out / CALIBRATION_FILE)
     print(f"encoder {version}: head trained in {train_s:.0f}s; total {time.perf_counter() - started:.0f}s")
     for system, limits in thresholds.items():
-        print(f"  {system} thresholds: {limits.as_dict()}")
+        scalars = {k: round(v, 4) for k, v in limits.as_dict().items() if k != "envelopes"}
+        print(f"  {system} thresholds: {scalars}; normal grounding ranges of {len(limits.envelopes)} agents")
     print(f"wrote {args.out}/ ({', '.join(sorted(p.name for p in args.out.iterdir()))})")
     return 0

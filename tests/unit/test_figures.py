@@ -366,3 +366,31 @@ def test_reliability_row_gives_the_verdicts_and_the_counts() -> None:
     assert row.figure.endswith("serving again 12–18 s after the kill")
     assert row.command == "`make chaos`"
     row.line()
+
+
+def test_incident_eval_row_gives_each_policy_and_a_dash_for_no_detection() -> None:
+    def policy(per_hour: float, detected: int, median: float | None) -> dict:
+        return {
+            "false_incidents_per_hour": per_hour,
+            "settling_false_incidents_per_start": 1.0,
+            "faults_detected": detected,
+            "fault_to_incident": {"median_s": median, "p90_s": median},
+            "top_suspect_is_faulted_at_open": 0.5 if detected else None,
+        }
+
+    result = {
+        "system": "online-boutique",
+        "normal": {"steady_hours": 5.72, "starts": 3},
+        "faults": [{"kind": "cpu"}, {"kind": "delay"}],
+        "open_after": {"2": policy(0.35, 2, 26.0), "10": policy(0.0, 0, None), "1": policy(4.2, 2, 12.4)},
+        "wall_s": 512.3,
+        **MACHINE,
+    }
+    (row,) = figures.incident_eval(result)
+    assert row.key == "incident-eval" and row.key in ORDER
+    assert "opening after 1 / 2 / 10 anomalous windows; 5.7 h of normal traffic" in row.what
+    assert row.figure.startswith("false incidents 4.20 / 0.35 / 0.00 per hour, plus 1.0 / 1.0 / 1.0 per fresh start")
+    assert "detected 2 / 2 / 0 of 2, fault start → incident median 12 / 26 / – s" in row.figure
+    assert row.figure.endswith("top suspect is the faulted service 0.50 / 0.50 / – at opening")
+    assert row.machine.endswith("2030-01-02 (512 s)")
+    row.line()
