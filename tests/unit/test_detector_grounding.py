@@ -109,7 +109,9 @@ def test_the_detector_grounds_a_step_in_the_runs_earlier_steps() -> None:
     from services.detector.knowledge_base import KnowledgeBase
 
     normal = np.zeros(GROUNDING_DIM, np.float32)
-    limits = Thresholds(DISABLED, DISABLED, DISABLED, 0.5, {"coder": Envelope(normal, normal + [1, 1, 1, 1, 1, 0, 1])})
+    limits = Thresholds(
+        DISABLED, DISABLED, DISABLED, 0.5, {"coder": Envelope(normal, np.array([1, 1, 1, 1, 1, 0, 1], np.float32))}
+    )
     detector = Detector(BackboneEncoder(), Backbone(None, threads=1), KnowledgeBase(":memory:"), {"code": limits})
     code = "```python\ndef f() -> int:\n    return 1\n```"
     first = detector.observe(_step("coder", "plan", f"Here.\n{code}", 0))
