@@ -11,9 +11,10 @@ or a step after it in a failed run, see :func:`services.detector.train.state_of`
 - ``deviation = 1 - max cos(h, normal steps of a)``: the step is unlike all of the agent's normal
   behaviour (this is what can fire on failure types the knowledge base has never seen);
 - ``ungrounded``: how far the step's grounding features (:mod:`services.detector.grounding`: does the
-  output repeat what it received, name what its input is about, change what it was asked to change) lie
-  outside the range they take over agent a's normal steps. A sentence embedding barely moves when one
-  requirement is left out of a plan or another service is named in a report; these features do.
+  output repeat what it received, name what its input is about, change what it was asked to change) and
+  its hand-off (whose output its input holds) lie outside the range they take over agent a's normal steps.
+  A sentence embedding barely moves when one requirement is left out of a plan, another service is named
+  in a report or a reviewer approves without test results; these features do.
 
 A step alert is raised the first time ``knowledge > θ_k`` (type: the weighted vote of the failure cases
 among those neighbours), ``ungrounded > θ_g`` (type: the vote of the agent's nearest failure cases) or
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from services.detector.encoder import GROUNDING_WEIGHT, Backbone, StepEncoder, step_features
+from services.detector.encoder import GROUNDING_WEIGHT, SENDERS, Backbone, StepEncoder, step_features
 from services.detector.grounding import GROUNDING_DIM, Envelope
 from services.detector.knowledge_base import STEP, TRACE, KnowledgeBase, Match
 from services.detector.steps import Step
@@ -79,8 +80,10 @@ class Thresholds:
 
 
 def grounding_block(features: np.ndarray) -> np.ndarray:
-    """The grounding features inside step features (the last columns, unscaled)."""
-    return features[..., -GROUNDING_DIM:] / GROUNDING_WEIGHT
+    """What an agent's normal range covers, from step features: the grounding features (unscaled) and the
+    hand-off, the one-hot of whose output the step's input holds (a reviewer approving without a test
+    report in front of it has a hand-off no normal reviewer step has)."""
+    return np.concatenate([features[..., -GROUNDING_DIM:] / GROUNDING_WEIGHT, features[..., SENDERS]], axis=-1)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ STRUCT_DIM = 2 * HASH_BUCKETS + len(OPERATIONS) + 1 + 2 + TOOL_BUCKETS + 3 + 1 +
 # (chosen on the training seeds' leave-one-run-out F1).
 GROUNDING_WEIGHT = 3.0
 FEATURE_DIM = 3 * TEXT_DIM + STRUCT_DIM + GROUNDING_DIM
+SENDERS = slice(3 * TEXT_DIM + HASH_BUCKETS, 3 * TEXT_DIM + 2 * HASH_BUCKETS)  # received_from in step features
 DEFAULT_CACHE = Path(os.environ.get("FAULTLINE_DETECTOR_CACHE", Path.home() / ".cache" / "faultline" / "minilm.npz"))
 
 

@@ -168,7 +168,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].set_xticks(x, labels, fontsize=7)
     axes[0].set_ylim(0, 1)
     axes[0].axhline(0.9, color="grey", lw=0.5, ls="--")
-    axes[0].legend()
+    axes[0].legend(loc="lower left")
     axes[0].set_title("held-out seeds")
     held = [results[n]["held_out_types"][s]["detection"]["f1"] for s in SYSTEMS for n in ("eager", "untrained")]
     axes[1].bar(range(4), held, color=["C0", "C1"] * 2)

@@ -32,6 +32,10 @@ OPEN, RESOLVED = detector_pb2.INCIDENT_STATUS_OPEN, detector_pb2.INCIDENT_STATUS
 
 @dataclass(frozen=True)
 class IncidentPolicy:
+    """When windows make an incident. A window is anomalous when the embedding service flagged it (its
+    anomaly head's calibrated threshold, ``StateEmbedding.anomalous``) or its score reaches ``threshold``:
+    the flag decides for states from a calibrated head, the threshold for states without one."""
+
     threshold: float = 0.5
     open_after: int = 2
     resolve_after: int = 3

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from services.detector.detection import DISABLED, Detector, RunScores, StepScore, Thresholds, first_alert
-from services.detector.encoder import GROUNDING_WEIGHT
+from services.detector.detection import (
+    DISABLED,
+    Detector,
+    RunScores,
+    StepScore,
+    Thresholds,
+    first_alert,
+    grounding_block,
+)
+from services.detector.encoder import (
+    FEATURE_DIM,
+    GROUNDING_WEIGHT,
+    TEXT_DIM,
+    Backbone,
+    BackboneEncoder,
+    structure,
+)
 from services.detector.grounding import (
     GROUNDING_DIM,
     Envelope,
@@ -15,7 +32,9 @@ from services.detector.grounding import (
     grounding,
     vocabulary_names,
 )
-from services.detector.steps import Step
+from services.detector.knowledge_base import KnowledgeBase
+from services.detector.steps import Run, Step
+from services.detector.train import LabelledRun, fit_envelopes, held_out_ungrounded
 
 VOCABULARY = {"the", "incident", "is", "caused", "by", "root", "cause", "service", "logs", "metrics", "agree", "on"}
 is_name = vocabulary_names(VOCABULARY)
@@ -89,13 +108,19 @@ def test_thresholds_round_trip_and_a_grounding_alert_comes_before_a_deviation_on
     assert first_alert(scores, Thresholds(0.9, 0.3, 1.0)) == (1, "deviation", [])
 
 
-def test_held_out_ranges_come_from_the_other_seeds_runs() -> None:
-    from services.detector.steps import Run
-    from services.detector.train import LabelledRun, fit_envelopes, held_out_ungrounded
+def _features(steps: list[Step], value: float) -> np.ndarray:
+    """Step features whose grounding block is ``value`` everywhere, with the steps' real hand-off one-hots."""
+    features = np.stack(
+        [np.concatenate([np.zeros(3 * TEXT_DIM), structure(s), np.zeros(GROUNDING_DIM)]) for s in steps]
+    )
+    features[:, -GROUNDING_DIM:] = GROUNDING_WEIGHT * value
+    return features.astype(np.float32)
 
+
+def test_held_out_ranges_come_from_the_other_seeds_runs() -> None:
     def run(run_id: str, seed: int, value: float) -> LabelledRun:
-        features = np.full((1, 4 + GROUNDING_DIM), GROUNDING_WEIGHT * value, np.float32)
-        return LabelledRun(Run(run_id, "code", [_step("planner", "", "")]), features, "", "", -1, seed)
+        steps = [_step("planner", "", "")]
+        return LabelledRun(Run(run_id, "code", steps), _features(steps, value), "", "", -1, seed)
 
     runs = [run("a", 1, 1.0), run("b", 1, 1.0), run("c", 2, 0.5)]
     assert fit_envelopes(runs)["planner"].low[0] == 0.5
@@ -104,14 +129,23 @@ def test_held_out_ranges_come_from_the_other_seeds_runs() -> None:
     assert held["c"][0] == GROUNDING_DIM * 0.5 and held["a"][0] == held["b"][0] == GROUNDING_DIM * 0.5
 
 
-def test_the_detector_grounds_a_step_in_the_runs_earlier_steps() -> None:
-    from services.detector.encoder import Backbone, BackboneEncoder
-    from services.detector.knowledge_base import KnowledgeBase
+def test_a_hand_off_no_normal_step_of_the_agent_had_is_outside_its_range() -> None:
+    reviewed = [
+        Step("r", "code", "reviewer", "invoke_agent", 3, "code and tests", "LGTM", received_from=("coder", "tester"))
+    ]
+    normal = fit_envelopes([LabelledRun(Run("r", "code", reviewed), _features(reviewed, 1.0), "", "", -1, 1)])
+    untested = [replace(reviewed[0], received_from=("coder",))]
+    limits = Thresholds(envelopes=normal)
+    assert limits.ungrounded("reviewer", _features(reviewed, 1.0)[0]) == 0.0
+    assert limits.ungrounded("reviewer", _features(untested, 1.0)[0]) == 1.0  # no test report in front of it
+    assert limits.ungrounded("planner", _features(untested, 0.0)[0]) == 0.0  # no normal range: no verdict
 
-    normal = np.zeros(GROUNDING_DIM, np.float32)
-    limits = Thresholds(
-        DISABLED, DISABLED, DISABLED, 0.5, {"coder": Envelope(normal, np.array([1, 1, 1, 1, 1, 0, 1], np.float32))}
-    )
+
+def test_the_detector_grounds_a_step_in_the_runs_earlier_steps() -> None:
+    checked = grounding_block(np.zeros(FEATURE_DIM)).shape[0]
+    high = np.ones(checked, np.float32)
+    high[5] = 0.0  # no normal coder step resubmits its artefact unchanged
+    limits = Thresholds(DISABLED, DISABLED, DISABLED, 0.5, {"coder": Envelope(np.zeros(checked, np.float32), high)})
     detector = Detector(BackboneEncoder(), Backbone(None, threads=1), KnowledgeBase(":memory:"), {"code": limits})
     code = "```python\ndef f() -> int:\n    return 1\n```"
     first = detector.observe(_step("coder", "plan", f"Here.\n{code}", 0))
