@@ -46,8 +46,6 @@ TOP_K = 3  # failure cases reported with a score when none is among the neighbou
 NEIGHBOURS = 15  # K: the cases (failure and normal) whose weighted vote is the knowledge score
 VOTE_SCALE = 0.05  # a case's vote is exp((similarity - best similarity) / VOTE_SCALE)
 MAX_RUNS = 10_000  # runs whose state is kept; the oldest are forgotten beyond this
-
-
 DISABLED = 10.0  # a threshold no score reaches
 
 

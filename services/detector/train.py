@@ -255,13 +255,16 @@ def fit_envelopes(runs: list[LabelledRun]) -> dict[str, Envelope]:
     return {agent: Envelope.fit(np.stack(r)) for agent, r in rows.items()}
 
 
-def held_out_ungrounded(runs: list[LabelledRun]) -> dict[str, list[float]]:
-    """Per run, its steps' ``ungrounded`` against the normal ranges of the other seeds' runs: a range fitted on
-    a run itself would never put its own steps outside, and thresholds calibrated on that would be too low."""
+def held_out_ungrounded(runs: list[LabelledRun], folds: int = 3) -> dict[str, list[float]]:
+    """Per run, its steps' ``ungrounded`` against the normal ranges of the other seeds' runs (of the other
+    folds of runs when they share one seed): a range fitted on a run itself would never put its own steps
+    outside, and thresholds calibrated on that would be too low."""
+    seeds = {r.seed for r in runs}
+    fold_of = {id(r): r.seed if len(seeds) > 1 else i % folds for i, r in enumerate(runs)}
     out = {}
-    for seed in sorted({r.seed for r in runs}):
-        limits = Thresholds(envelopes=fit_envelopes([r for r in runs if r.seed != seed]))
-        for labelled in (r for r in runs if r.seed == seed):
+    for fold in sorted(set(fold_of.values())):
+        limits = Thresholds(envelopes=fit_envelopes([r for r in runs if fold_of[id(r)] != fold]))
+        for labelled in (r for r in runs if fold_of[id(r)] == fold):
             agents = [s.agent for s in labelled.run.steps]
             out[labelled.run.run_id] = [limits.ungrounded(a, f) for a, f in zip(agents, labelled.features, strict=True)]
     return out

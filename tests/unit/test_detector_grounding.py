@@ -153,3 +153,11 @@ def test_the_detector_grounds_a_step_in_the_runs_earlier_steps() -> None:
     assert first.alert is None and first.score.ungrounded == 0.0
     assert again.score.ungrounded == 1.0  # the unchanged revision, outside the coder's normal range
     assert again.alert is not None and again.alert.step_index == 1 and again.alert.ungrounded == 1.0
+
+
+def test_runs_of_one_seed_are_held_out_by_folds() -> None:
+    steps = [_step("planner", "", "")]
+    runs = [LabelledRun(Run(f"r{i}", "code", steps), _features(steps, 1.0 - 0.1 * i), "", "", -1, 7) for i in range(6)]
+    held = held_out_ungrounded(runs)
+    # run 5 (0.5) is in the fold of run 2 (0.8): the other folds' ranges reach down to 0.6
+    assert held["r5"][0] > 0.0 and np.isclose(held["r5"][0], GROUNDING_DIM * 0.1)
