@@ -93,7 +93,9 @@ class _Index:
 
 
 class EncoderMismatch(RuntimeError):
-    pass
+    def __init__(self, message: str, stored: str) -> None:
+        super().__init__(message)
+        self.stored = stored  # the encoder version the knowledge base's vectors belong to
 
 
 class KnowledgeBase:
@@ -117,8 +119,9 @@ class KnowledgeBase:
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('encoder_version', ?)", (encoder_version,))
         stored = self._meta("encoder_version")
         if encoder_version and stored != encoder_version:
+            self._db.close()
             raise EncoderMismatch(
-                f"knowledge base at {path} holds embeddings of encoder {stored}, not {encoder_version}"
+                f"knowledge base at {path} holds embeddings of encoder {stored}, not {encoder_version}", stored
             )
         self.encoder_version = stored or encoder_version
 

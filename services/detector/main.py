@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,11 +19,12 @@ from services.common.settings import GrpcSettings, ServiceSettings, load_setting
 from services.detector.detection import Detector
 from services.detector.encoder import CHECKPOINT, Backbone, load_encoder
 from services.detector.incidents import IncidentPolicy, IncidentTracker
-from services.detector.knowledge_base import KnowledgeBase
+from services.detector.knowledge_base import EncoderMismatch, KnowledgeBase
 from services.detector.mitigation import KubernetesActuator
 from services.detector.service import DetectorApp, DetectorServicer, Topics
 from services.detector.train import CALIBRATION_FILE, KB_FILE, load_thresholds
 
+log = logging.getLogger(__name__)
 DETECTOR_SERVICE = detector_pb2.DESCRIPTOR.services_by_name["DetectorService"].full_name
 
 
@@ -46,13 +48,31 @@ class DetectorSettings(ServiceSettings):
     kubernetes_namespace: str = "default"
 
 
+def open_knowledge_base(path: Path, seed: Path, encoder_version: str) -> KnowledgeBase:
+    """The live knowledge base at ``path``, first copied from the checkpoint's ``seed``.
+
+    One built with another encoder (the chart was upgraded to a new checkpoint) cannot be searched with this
+    one: its vectors live in another space and the cases keep no step text to embed again. It is kept aside
+    as ``kb.<its encoder>.sqlite`` and the new seed takes its place; cases experts added to it must be confirmed
+    again.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(seed, path)
+    try:
+        return KnowledgeBase(path, encoder_version=encoder_version)
+    except EncoderMismatch as mismatch:
+        kept = path.with_name(f"{path.stem}.{mismatch.stored}{path.suffix}")
+        path.replace(kept)
+        log.warning("%s; kept it as %s and started from the checkpoint's seed", mismatch, kept)
+        shutil.copyfile(seed, path)
+        return KnowledgeBase(path, encoder_version=encoder_version)
+
+
 def build(settings: DetectorSettings) -> tuple[ServiceRuntime, DetectorApp]:
     encoder = load_encoder(settings.checkpoint)
     kb_path = settings.kb_path or settings.data_dir / KB_FILE
-    if not kb_path.exists():
-        kb_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(settings.checkpoint / KB_FILE, kb_path)
-    kb = KnowledgeBase(kb_path, encoder_version=encoder.version)
+    kb = open_knowledge_base(kb_path, settings.checkpoint / KB_FILE, encoder.version)
     detector = Detector(
         encoder,
         Backbone(settings.backbone_cache, threads=settings.torch_threads),

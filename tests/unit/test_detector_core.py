@@ -230,3 +230,22 @@ def test_supervised_loss_rewards_class_clusters_and_training_uses_it() -> None:
     assert all(np.isfinite(h["sup"]) and h["sup"] > 0 for h in history) and history[-1]["sup"] < history[0]["sup"]
     _, unsupervised = train_encoder(runs, epochs=1, batch_runs=6, log_every=100, supervised_weight=0.0)
     assert unsupervised[0]["sup"] == 0.0
+
+
+def test_a_knowledge_base_of_another_encoder_is_kept_aside_for_the_new_seed(tmp_path: Path) -> None:
+    from services.detector.main import open_knowledge_base
+
+    seed = tmp_path / "seed.sqlite"
+    KnowledgeBase(seed, encoder_version="new").add([Case("", STEP, "code", NORMAL, "coder")], np.ones((1, 4)))
+    live = tmp_path / "data" / "kb.sqlite"
+    first = open_knowledge_base(live, seed, "new")  # a fresh data directory starts from the seed
+    assert first.encoder_version == "new" and len(first.list(include_normal=True)) == 1
+    old = KnowledgeBase(tmp_path / "old.sqlite", encoder_version="old")
+    old.add([Case("", STEP, "code", "ignored_feedback", "coder", source="expert")], np.ones((1, 4)))
+    (tmp_path / "old.sqlite").replace(live)
+    with pytest.raises(EncoderMismatch):
+        KnowledgeBase(live, encoder_version="new")
+    upgraded = open_knowledge_base(live, seed, "new")
+    assert upgraded.encoder_version == "new" and [c.failure_type for c in upgraded.list(include_normal=True)] == [""]
+    kept = KnowledgeBase(tmp_path / "data" / "kb.old.sqlite")
+    assert [c.source for c in kept.list()] == ["expert"]
