@@ -8,6 +8,7 @@ telemetry and agent runs (:mod:`services.demo_loop`), ending with a summary (als
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -120,7 +121,7 @@ def _retrieval_prompt() -> tuple[str, str]:
 
 def main() -> int:
     settings = load_settings(ServiceSettings)
-    started = time.monotonic()
+    started, load = time.monotonic(), os.getloadavg()[0]
     run_dir, state_dir = Path(".run"), Path(".run/demo")
     check_topics(settings)
     check_bus(settings)
@@ -133,5 +134,5 @@ def main() -> int:
         check_inference(model)
         result = run_loop(settings.kafka, f"demo-{run_id}", run_dir, time.time())
     _step(f"summary ({time.monotonic() - started:.0f} s in all, the loop {result.elapsed_s:.0f} s)")
-    print_summary(result, run_dir / "summary.json")
+    print_summary(result, run_dir / "summary.json", load)
     return 0

@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from kafka import KafkaConsumer, TopicPartition
 
 from deploy.kafka.broker import FUTURE_TIMESTAMPS_MS
+from loadtests.bench import stamp
 from loadtests.simulator.agents import AgentRun, generate_runs, labels, run_to_otlp_steps
 from loadtests.simulator.dataset import otlp_records
 from loadtests.simulator.scenario import Chunk, Scenario, ScenarioSpec
@@ -415,7 +416,7 @@ def run_loop(kafka: KafkaSettings, group: str, logs: Path, now_s: float) -> Loop
     return LoopResult(SYSTEM, SEED, _utc(epoch), outcomes, agent, time.monotonic() - began)
 
 
-def print_summary(result: LoopResult, path: Path) -> None:
+def print_summary(result: LoopResult, path: Path, load_at_start: float | None = None) -> None:
     first, second = result.faults
     agent = result.agent_run
     rows = [
@@ -442,5 +443,6 @@ def print_summary(result: LoopResult, path: Path) -> None:
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(result), indent=2, default=str) + "\n")
+    # machine, load and date, as every bench result records them: the README's Figures row shows them
+    path.write_text(json.dumps(asdict(result) | stamp(load_at_start), indent=2, default=str) + "\n")
     print(f"  (also in {path})")
