@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
@@ -14,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
+from services.common.auth import bearer_matches
 from services.common.settings import GrpcSettings
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -42,14 +42,14 @@ def _replace_behaviour(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._token = token.encode()
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method in _OPEN_METHODS:
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if hmac.compare_digest(str(metadata.get("authorization", "")).encode(), self._expected):
+        if bearer_matches(str(metadata.get("authorization", "")).encode(), self._token):
             return handler
 
         def deny(behaviour: Any, _streams: bool) -> Any:
@@ -79,12 +79,13 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 start = time.perf_counter()
                 try:
                     result = behaviour(request, context)
-                    if streams:
-                        result = self._stream(result, context, method, start)
-                    return result
-                finally:
-                    if not streams:
-                        self._record(context, method, start)
+                except BaseException:  # an abort (a refused token too) ends a streaming call here as well
+                    self._record(context, method, start)
+                    raise
+                if streams:
+                    return self._stream(result, context, method, start)
+                self._record(context, method, start)
+                return result
 
             return call
 
@@ -109,9 +110,10 @@ class GrpcServer:
     def __init__(self, settings: GrpcSettings, services: Sequence[GrpcService]) -> None:
         self._settings = settings
         self._services = list(services)
+        # observability outermost: a call refused for its token is counted (code UNAUTHENTICATED) too
         interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor()]
         if settings.auth_token is not None:
-            interceptors.insert(0, BearerTokenInterceptor(settings.auth_token.get_secret_value()))
+            interceptors.append(BearerTokenInterceptor(settings.auth_token.get_secret_value()))
         limit = settings.max_message_bytes
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),

@@ -3,7 +3,6 @@ behind the same bearer token as the service's gRPC API when one is configured.""
 
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 from typing import Any
@@ -11,29 +10,34 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 
+from services.common.auth import bearer_matches
+
 # Kubernetes' HTTP probes send no credentials, so the health check stays reachable, as on gRPC.
 OPEN_PATHS = frozenset({"/health"})
 
 
 class BearerAuth:
     """ASGI middleware: every request but ``OPEN_PATHS`` needs ``Authorization: Bearer <token>`` (what the
-    OpenAI client sends for its ``api_key``), else 401 with an OpenAI-style error body."""
+    OpenAI client sends for its ``api_key``), else 401 with an OpenAI-style error body; a WebSocket
+    handshake without it is closed before it is accepted (the server answers 403)."""
 
     def __init__(self, app: Any, token: str) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._token = token.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
-                body = json.dumps(
-                    {"error": {"message": "missing or invalid bearer token", "type": "invalid_request_error"}}
-                ).encode()
-                headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
-                await send({"type": "http.response.start", "status": 401, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+        guarded = scope["type"] in ("http", "websocket") and scope["path"] not in OPEN_PATHS
+        if guarded and not bearer_matches(dict(scope["headers"]).get(b"authorization", b""), self._token):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})  # policy violation
                 return
+            body = json.dumps(
+                {"error": {"message": "missing or invalid bearer token", "type": "invalid_request_error"}}
+            ).encode()
+            headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
+            await send({"type": "http.response.start", "status": 401, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         await self.app(scope, receive, send)
 
 

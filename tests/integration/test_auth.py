@@ -231,7 +231,7 @@ def _routes(server: HttpServer) -> list[tuple[str, str]]:
     assert isinstance(guard, BearerAuth), f"the HTTP app is served without {BearerAuth.__name__}"
     calls = []
     for route in guard.app.routes:
-        # BearerAuth guards "http" scopes only: a WebSocket route would need it extended first.
+        # BearerAuth guards WebSocket handshakes too (tests/unit/test_common_auth.py); calling one needs a client here.
         assert isinstance(route, Route), f"{route!r} is not a plain HTTP route"
         path = re.sub(r"\{[^}]+\}", "x", route.path)
         calls += [(method, path) for method in sorted(route.methods or ())]
