@@ -39,6 +39,7 @@ import numpy as np
 from services.detector.encoder import GROUNDING_WEIGHT, SENDERS, Backbone, StepEncoder, step_features
 from services.detector.grounding import GROUNDING_DIM, Envelope
 from services.detector.knowledge_base import STEP, TRACE, KnowledgeBase, Match
+from services.detector.runs import RunStore
 from services.detector.steps import Step
 
 UNKNOWN = "unknown"
@@ -142,8 +143,20 @@ class _RunState:
     last_prefix: np.ndarray | None = None
     steps: list[Step] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
-    alerted: bool = False
-    ended: bool = False
+    alerted_at: int = -1  # the index of the step the run alerted on
+
+    @property
+    def alerted(self) -> bool:
+        return self.alerted_at >= 0
+
+    def seen(self, step: Step) -> int:
+        """The position of ``step`` among the run's steps if it was observed already (a redelivery), else -1."""
+        return next((i for i, s in enumerate(self.steps) if s == step), -1)
+
+
+def alert_id(run_id: str, level: int, step_index: int) -> str:
+    """The same for the same run, level and step: an alert raised again after a restart is the same event."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"faultline:alert/{run_id}/{level}/{step_index}").hex
 
 
 def diagnose(matches: list[Match]) -> tuple[str, float]:
@@ -190,7 +203,8 @@ def score_vector(
 
 
 class Detector:
-    """Online EAGER: thread-safe; one instance serves Kafka and gRPC alike."""
+    """Online EAGER: thread-safe; one instance serves Kafka and gRPC alike. With a :class:`RunStore` the open
+    runs survive a restart."""
 
     def __init__(
         self,
@@ -198,8 +212,10 @@ class Detector:
         backbone: Backbone,
         kb: KnowledgeBase,
         thresholds: dict[str, Thresholds],
+        store: RunStore | None = None,
     ) -> None:
         self.encoder, self.backbone, self.kb, self.thresholds = encoder, backbone, kb, thresholds
+        self.store = store
         self._runs: dict[str, _RunState] = {}
         self._lock = threading.Lock()
 
@@ -210,29 +226,53 @@ class Detector:
         """Embeddings of consecutive steps of one run, from its first step."""
         return self.encoder.embed_steps(step_features(self.backbone, steps))
 
+    def _run(self, run_id: str, system: str, trace_id: str) -> _RunState:
+        """The run's state: in memory, taken up from the store (after a restart), or new."""
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is not None:
+            return run
+        stored = self.store.load(run_id) if self.store is not None else None
+        run = _RunState(system, trace_id, self.encoder.start())
+        if stored:
+            run.steps, run.alerted_at = stored
+            run.embeddings = list(self.embed(run.steps))
+            run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, np.stack(run.embeddings))
+            run.last_prefix = prefixes[-1]
+        with self._lock:
+            if len(self._runs) >= MAX_RUNS and run_id not in self._runs:
+                self._runs.pop(next(iter(self._runs)))
+            return self._runs.setdefault(run_id, run)
+
     def observe(self, step: Step) -> StepVerdict:
         started = time.perf_counter()
+        run = self._run(step.run_id, step.system, step.trace_id)
+        if step.index < 0:  # the framework did not number its steps: arrival order
+            step = replace(step, index=len(run.steps))
         with self._lock:
-            run = self._runs.get(step.run_id)
-            if run is None:
-                if len(self._runs) >= MAX_RUNS:
-                    self._runs.pop(next(iter(self._runs)))
-                run = self._runs[step.run_id] = _RunState(step.system, step.trace_id, self.encoder.start())
-            earlier = list(run.steps)
+            earlier, position = list(run.steps), run.seen(step)
+        if position >= 0:  # redelivered: score it as it was, and raise its alert again if it had one
+            earlier = earlier[:position]
         features = step_features(self.backbone, [step], earlier)
         vector = self.encoder.embed_steps(features)[0]
-        with self._lock:
-            run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, vector[None])
-            run.last_prefix = prefixes[-1]
-            run.steps.append(step)
-            run.embeddings.append(vector)
-            already = run.alerted
+        if position < 0:
+            with self._lock:
+                run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, vector[None])
+                run.last_prefix = prefixes[-1]
+                run.steps.append(step)
+                run.embeddings.append(vector)
+            if self.store is not None:
+                self.store.add(step)
         score = score_vector(self.kb, STEP, step.system, vector, step.agent)
         score = replace(score, ungrounded=self.thresholds_for(step.system).ungrounded(step.agent, features[0]))
-        alert = None if already else self._step_alert(step, score, vector)
-        if alert is not None:
+        alert = None
+        if not run.alerted or run.alerted_at == step.index:
+            alert = self._step_alert(step, score, vector)
+        if alert is not None and not run.alerted:
             with self._lock:
-                run.alerted = True
+                run.alerted_at = step.index
+            if self.store is not None:
+                self.store.mark_alerted(step.run_id, step.index)
         verdict = StepVerdict(step.run_id, step.index, score, alert, (time.perf_counter() - started) * 1e3)
         if step.end_of_run:
             trace_alert = self.end_run(step.run_id)
@@ -256,7 +296,7 @@ class Detector:
         else:
             return None
         return AlertInfo(
-            uuid.uuid4().hex,
+            alert_id(step.run_id, STEP, step.index),
             step.run_id,
             step.system,
             step.agent,
@@ -273,11 +313,14 @@ class Detector:
             score.ungrounded,
         )
 
-    def end_run(self, run_id: str) -> AlertInfo | None:
+    def end_run(self, run_id: str, system: str = "", trace_id: str = "") -> AlertInfo | None:
         """The trace-level check, once per run; forgets the run's state."""
+        run = self._run(run_id, system, trace_id)
         with self._lock:
-            run = self._runs.pop(run_id, None)
-        if run is None or run.last_prefix is None or run.alerted:
+            self._runs.pop(run_id, None)
+        if self.store is not None:
+            self.store.forget(run_id)
+        if run.last_prefix is None or run.alerted:
             return None
         score = score_vector(self.kb, TRACE, run.system, run.last_prefix, None)
         limit = self.thresholds_for(run.system).trace
@@ -287,7 +330,7 @@ class Detector:
         last = run.steps[-1]
         # the whole trace matched: no single agent is pinpointed
         return AlertInfo(
-            uuid.uuid4().hex,
+            alert_id(run_id, TRACE, last.index),
             run_id,
             run.system,
             "",

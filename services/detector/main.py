@@ -16,11 +16,12 @@ from services.common.grpc_server import GrpcService
 from services.common.pb.faultline.v1 import detector_pb2, detector_pb2_grpc, embedding_pb2
 from services.common.runtime import ServiceRuntime
 from services.common.settings import GrpcSettings, ServiceSettings, load_settings
-from services.detector.detection import Detector
+from services.detector.detection import MAX_RUNS, Detector
 from services.detector.encoder import CHECKPOINT, Backbone, load_encoder
 from services.detector.incidents import IncidentPolicy, IncidentTracker
 from services.detector.knowledge_base import EncoderMismatch, KnowledgeBase
 from services.detector.mitigation import KubernetesActuator
+from services.detector.runs import RunStore
 from services.detector.service import DetectorApp, DetectorServicer, Topics
 from services.detector.train import CALIBRATION_FILE, KB_FILE, load_thresholds
 
@@ -31,7 +32,7 @@ DETECTOR_SERVICE = detector_pb2.DESCRIPTOR.services_by_name["DetectorService"].f
 class DetectorSettings(ServiceSettings):
     grpc: GrpcSettings = GrpcSettings(port=50054)
     checkpoint: Path = CHECKPOINT
-    data_dir: Path = Path(".run/detector")  # the live knowledge base, incidents, the mitigation audit log
+    data_dir: Path = Path(".run/detector")  # the live knowledge base, incidents, open runs, the mitigation audit log
     kb_path: Path | None = None  # default: data_dir/kb.sqlite, first copied from the checkpoint's seed
     backbone_cache: Path | None = None  # persisted text-embedding cache; None keeps it in memory
     torch_threads: int = Field(2, ge=1)
@@ -78,6 +79,7 @@ def build(settings: DetectorSettings) -> tuple[ServiceRuntime, DetectorApp]:
         Backbone(settings.backbone_cache, threads=settings.torch_threads),
         kb,
         load_thresholds(settings.checkpoint / CALIBRATION_FILE),
+        RunStore(settings.data_dir / "runs.sqlite", keep=MAX_RUNS),  # open agent runs survive a restart
     )
     tracker = IncidentTracker(
         IncidentPolicy(settings.incident_threshold, settings.incident_open_after, settings.incident_resolve_after),

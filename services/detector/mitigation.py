@@ -39,12 +39,11 @@ NODE_TYPES = {"node", "node_failure", "disk", "network_partition"}
 
 
 def _plan(**fields: Any) -> detector_pb2.MitigationPlan:
-    # An incident's plan has an id of its own derived from the incident's: planned again after a replay,
-    # it is the same plan (the same event id), not a second one.
-    key = f"faultline:plan/incident/{fields['incident_id']}" if fields.get("incident_id") else None
-    plan = detector_pb2.MitigationPlan(
-        id=uuid.uuid5(uuid.NAMESPACE_URL, key).hex if key else uuid.uuid4().hex, dry_run=True, **fields
-    )
+    # A plan's id is derived from its incident's or alert's (both derived themselves): planned again after a
+    # replay, it is the same plan (the same event id), not a second one.
+    about = next((f"{k}/{fields[k]}" for k in ("incident_id", "alert_id") if fields.get(k)), "")
+    plan_id = uuid.uuid5(uuid.NAMESPACE_URL, f"faultline:plan/{about}").hex if about else uuid.uuid4().hex
+    plan = detector_pb2.MitigationPlan(id=plan_id, dry_run=True, **fields)
     plan.created_at.GetCurrentTime()
     return plan
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -88,21 +88,15 @@ class DetectorApp:
         self.publisher, self.topics, self.namespace = publisher, topics, namespace
         self._alerts: OrderedDict[str, _StoredAlert] = OrderedDict()
         self._lock = threading.Lock()
-        self._next_index: dict[str, int] = {}
         self.steps_handled = 0
 
     # -- steps ---------------------------------------------------------------------------------
 
     def observe(self, step: Step) -> detector_pb2.Verdict:
-        if step.index < 0:  # the framework did not number its steps: arrival order
-            step = replace(step, index=self._next_index.get(step.run_id, 0))
-        self._next_index[step.run_id] = step.index + 1
         verdict = self.detector.observe(step)
         self.steps_handled += 1
         STEPS.labels(step.system).inc()
         STEP_SECONDS.observe(verdict.latency_ms / 1e3)
-        if step.end_of_run:
-            self._next_index.pop(step.run_id, None)
         return self._verdict(verdict)
 
     def _verdict(self, verdict: StepVerdict) -> detector_pb2.Verdict:
@@ -120,8 +114,7 @@ class DetectorApp:
         return out
 
     def end_run(self, end: RunEnd) -> None:
-        self._next_index.pop(end.run_id, None)
-        alert = self.detector.end_run(end.run_id)
+        alert = self.detector.end_run(end.run_id, end.system, end.trace_id)
         if alert is not None:
             self._raise(alert)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from services.detector.grounding import (
     vocabulary_names,
 )
 from services.detector.knowledge_base import KnowledgeBase
+from services.detector.runs import RunStore
 from services.detector.steps import Run, Step
 from services.detector.train import LabelledRun, fit_envelopes, held_out_ungrounded
 
@@ -161,3 +163,30 @@ def test_runs_of_one_seed_are_held_out_by_folds() -> None:
     held = held_out_ungrounded(runs)
     # run 5 (0.5) is in the fold of run 2 (0.8): the other folds' ranges reach down to 0.6
     assert held["r5"][0] > 0.0 and np.isclose(held["r5"][0], GROUNDING_DIM * 0.1)
+
+
+def test_a_restarted_detector_goes_on_with_an_open_run_and_alerts_once(tmp_path: Path) -> None:
+    normal = np.zeros(grounding_block(np.zeros(FEATURE_DIM)).shape[0], np.float32)
+    high = np.ones_like(normal)
+    high[5] = 0.0  # no normal coder step resubmits its artefact unchanged
+    limits = {"code": Thresholds(DISABLED, DISABLED, DISABLED, 0.5, {"coder": Envelope(normal, high)})}
+    backbone, kb = Backbone(None, threads=1), KnowledgeBase(":memory:")
+    code = "```python\ndef f() -> int:\n    return 1\n```"
+    first = _step("coder", "plan", f"Here.\n{code}", 0)
+    again = _step("coder", "Please add a docstring.", f"Done, added.\n{code}", 1)
+    later = _step("coder", "Still missing.", f"Done.\n{code}", 2)
+
+    before = Detector(BackboneEncoder(), backbone, kb, limits, RunStore(tmp_path / "runs.sqlite", keep=10))
+    assert before.observe(first).alert is None
+    # restarted: the earlier step comes from the store, so the unchanged revision is seen as one
+    after = Detector(BackboneEncoder(), backbone, kb, limits, RunStore(tmp_path / "runs.sqlite", keep=10))
+    raised = after.observe(again).alert
+    assert raised is not None and raised.step_index == 1 and after.run_steps("run") == [first, again]
+    # restarted again, the alerting step redelivered: the same alert (same id), the step not counted twice
+    third = Detector(BackboneEncoder(), backbone, kb, limits, RunStore(tmp_path / "runs.sqlite", keep=10))
+    redelivered = third.observe(again).alert
+    assert redelivered is not None and redelivered.id == raised.id
+    assert third.run_steps("run") == [first, again]
+    assert third.observe(later).alert is None  # one step alert per run
+    third.end_run("run")
+    assert RunStore(tmp_path / "runs.sqlite", keep=10).load("run") is None

@@ -87,3 +87,17 @@ def test_a_refusing_cluster_is_recorded_not_raised() -> None:
     actuator = KubernetesActuator(enabled=True, api_factory=lambda _which: Refusing())
     done = actuator.execute(plan_for_incident(incident("node_failure"), "boutique"))
     assert not done.executed and done.result.startswith("failed: RuntimeError")
+
+
+def test_a_plan_is_the_same_event_when_its_alert_or_incident_is_planned_again() -> None:
+    from services.detector.detection import AlertInfo, alert_id
+    from services.detector.knowledge_base import STEP
+
+    def alert(step_index: int) -> AlertInfo:
+        return AlertInfo(
+            alert_id("run-1", STEP, step_index), "run-1", "code", "coder", step_index, "ignored_feedback", 0.9, [],
+            STEP, 0.9, 0.1, 0.0,
+        )  # fmt: skip
+
+    assert plan_for_alert(alert(3)).id == plan_for_alert(alert(3)).id != plan_for_alert(alert(4)).id
+    assert plan_for_incident(incident("cpu"), "boutique").id == plan_for_incident(incident("cpu"), "boutique").id
