@@ -281,7 +281,7 @@ def test_pdbs_default_to_one_unavailable(default_docs: list[dict]) -> None:
 def test_autoscaling_cpu_for_cpu_services_queue_for_inference() -> None:
     docs = render(*VALUE_FILES["gpu"], "--api-versions", "custom.metrics.k8s.io/v1beta1")
     hpas = by_component(docs, "HorizontalPodAutoscaler")
-    assert set(hpas) == {"inference", "embedding", "rca"}
+    assert set(hpas) == {"inference", "rca"}  # never the embedding: one replica slices every partition
     assert hpas["inference"]["spec"]["metrics"] == [
         {
             "type": "Pods",
@@ -291,8 +291,12 @@ def test_autoscaling_cpu_for_cpu_services_queue_for_inference() -> None:
             },
         }
     ]
-    assert hpas["embedding"]["spec"]["metrics"][0]["resource"]["name"] == "cpu"
-    assert "replicas" not in by_component(docs, "Deployment")["embedding"]["spec"]
+    assert hpas["rca"]["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 75}}}
+    ]
+    deployments = by_component(docs, "Deployment")
+    assert "replicas" not in deployments["rca"]["spec"]
+    assert deployments["embedding"]["spec"]["replicas"] == 1
     # Without the custom metrics API and without a CPU target there is nothing to scale inference on.
     assert "inference" not in by_component(render(*VALUE_FILES["gpu"]), "HorizontalPodAutoscaler")
 
@@ -402,14 +406,46 @@ def test_agents_call_this_release_inference_or_the_configured_llm(default_docs: 
     assert _env(docs, "kg-builder")["FAULTLINE_LLM_BASE_URL"] == "https://llm.corp/v1"
 
 
+def _data_volume(docs: list[dict], name: str) -> dict:
+    spec = by_component(docs, "Deployment")[name]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["data"] == "/var/lib/faultline", name
+    return {v["name"]: v for v in spec["volumes"]}["data"]
+
+
 def test_stateful_services_write_to_their_data_volume(default_docs: list[dict]) -> None:
     assert _env(default_docs, "kg-builder")["FAULTLINE_STORE_PATH"] == "/var/lib/faultline/kg-builder/kg.sqlite"
     assert _env(default_docs, "detector")["FAULTLINE_DATA_DIR"] == "/var/lib/faultline/detector"
+    # The embedding's stream state (services/embedding/main.py state_path): an emptyDir keeps it across restarts.
+    assert _env(default_docs, "embedding")["FAULTLINE_STATE_PATH"] == "/var/lib/faultline/embedding/state.pickle"
+    for name in ("embedding", "detector", "kg-builder"):
+        assert _data_volume(default_docs, name) == {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}
+    for name in ("inference", "rca"):
+        spec = by_component(default_docs, "Deployment")[name]["spec"]["template"]["spec"]
+        assert "data" not in {v["name"] for v in spec["volumes"]}, name
     assert not of_kind(default_docs, "PersistentVolumeClaim")
-    docs = render("--set", "kgBuilder.persistence.enabled=true", "--set", "detector.persistence.enabled=true")
-    claims = {d["metadata"]["name"] for d in of_kind(docs, "PersistentVolumeClaim")}
-    assert claims == {"fl-faultline-kg-builder", "fl-faultline-detector"}
-    spec = by_component(docs, "Deployment")["kg-builder"]["spec"]["template"]["spec"]
-    assert {v["name"]: v for v in spec["volumes"]}["data"]["persistentVolumeClaim"][
-        "claimName"
-    ] == "fl-faultline-kg-builder"
+    # One embedding Pod at a time, also during a rollout (a surge Pod would share the partitions and the state).
+    assert by_component(default_docs, "Deployment")["embedding"]["spec"]["strategy"] == {"type": "Recreate"}
+
+    docs = render(
+        *("--set", "kgBuilder.persistence.enabled=true", "--set", "detector.persistence.enabled=true"),
+        *("--set", "embedding.persistence.enabled=true", "--set", "embedding.persistence.storageClass=fast"),
+    )
+    claims = {d["metadata"]["name"]: d for d in of_kind(docs, "PersistentVolumeClaim")}
+    assert set(claims) == {"fl-faultline-embedding", "fl-faultline-kg-builder", "fl-faultline-detector"}
+    assert claims["fl-faultline-embedding"]["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "fast",
+        "resources": {"requests": {"storage": "1Gi"}},
+    }
+    assert claims["fl-faultline-embedding"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for name in ("embedding", "kg-builder"):
+        assert _data_volume(docs, name)["persistentVolumeClaim"]["claimName"] == f"fl-faultline-{name}"
+    assert _env(docs, "embedding")["FAULTLINE_STATE_PATH"] == "/var/lib/faultline/embedding/state.pickle"
+
+    docs = render("--set", "embedding.persistence.enabled=true", "--set", "embedding.persistence.existingClaim=mine")
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    assert _data_volume(docs, "embedding")["persistentVolumeClaim"]["claimName"] == "mine"
+    # The GPU example keeps the embedding's state on a PVC.
+    gpu = render(*VALUE_FILES["gpu"])
+    assert _data_volume(gpu, "embedding")["persistentVolumeClaim"]["claimName"] == "fl-faultline-embedding"

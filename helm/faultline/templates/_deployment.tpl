@@ -6,7 +6,7 @@
 {{- $image := $root.Values.image -}}
 {{- if $isInference }}{{- $image = $svc.image -}}{{- end }}
 {{- $mitigate := and (eq .key "detector") $svc.mitigations.kubernetes.enabled -}}
-{{- $hasData := has .key (list "detector" "kgBuilder") -}}
+{{- $hasData := has .key (list "embedding" "detector" "kgBuilder") -}}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -21,7 +21,12 @@ spec:
   replicas: {{ $svc.replicaCount }}
   {{- end }}
   revisionHistoryLimit: 5
-  {{- if $isInference }}
+  {{- if eq .key "embedding" }}
+  strategy:
+    # One replica only, also during a rollout: a surge Pod would take part of the partitions (partial windows) and
+    # write the same stream state file.
+    type: Recreate
+  {{- else if $isInference }}
   strategy:
     # A GPU node rarely has a spare GPU for a surge Pod: replace one Pod at a time instead.
     type: RollingUpdate
@@ -155,6 +160,10 @@ spec:
             - name: FAULTLINE_MODEL_NAME
               value: {{ . | quote }}
             {{- end }}
+            {{- end }}
+            {{- if eq .key "embedding" }}
+            - name: FAULTLINE_STATE_PATH
+              value: /var/lib/faultline/embedding/state.pickle
             {{- end }}
             {{- if eq .key "detector" }}
             - name: FAULTLINE_DATA_DIR

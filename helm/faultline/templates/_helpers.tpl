@@ -138,6 +138,14 @@ imagePullSecrets:
 {{- if and (eq .Values.inference.model.source "replay") .Values.inference.enabled (not .Values.inference.model.replayPath) -}}
 {{- fail "inference.model.source=replay needs inference.model.replayPath" -}}
 {{- end -}}
+{{- $e := .Values.embedding -}}
+{{- $single := "the embedding runs as exactly one replica: it slices the telemetry of every partition of the otlp_* topics into one system-wide window, and a second replica would hold only part of the partitions and emit partial windows for the same system and time" -}}
+{{- if and $e.enabled (gt (int $e.replicaCount) 1) -}}
+{{- fail (printf "embedding.replicaCount=%v: %s (set embedding.replicaCount=1)" $e.replicaCount $single) -}}
+{{- end -}}
+{{- if and $e.enabled $e.autoscaling.enabled -}}
+{{- fail (printf "embedding.autoscaling.enabled=true: %s (keep embedding.autoscaling.enabled=false)" $single) -}}
+{{- end -}}
 {{- range $key, $name := (include "faultline.services" . | fromYaml) -}}
 {{- $svc := index $.Values $key -}}
 {{- if and $svc.pdb.minAvailable $svc.pdb.maxUnavailable -}}

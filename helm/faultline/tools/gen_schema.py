@@ -330,7 +330,7 @@ SCHEMA: dict = {
         ),
         "cpuNodeAffinity": strict({"enabled": BOOL, "gpuNodeLabel": {"type": "string", "minLength": 1}}),
         "inference": INFERENCE,
-        "embedding": service(),
+        "embedding": service(extra={"persistence": PERSISTENCE}),
         "detector": DETECTOR,
         "rca": service(),
         "kgBuilder": service(extra={"persistence": PERSISTENCE}),
