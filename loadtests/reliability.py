@@ -71,6 +71,8 @@ COMMAND = "make chaos  (or: make loadtest LOAD=reliability, faultline loadtest r
 PORT_OFFSET = 100  # gRPC 8101 and 50153-50156, HTTP 8100, metrics 957x: a `make run` on the defaults is left alone
 TELEMETRY = {topics.OTLP_SPANS: "spans", topics.OTLP_METRICS: "metrics", topics.OTLP_LOGS: "logs"}
 EFFECTS = (topics.STATES, topics.INCIDENTS, topics.RCA_REPORTS, topics.KG_UPDATES, topics.ALERTS, topics.MITIGATIONS)
+# the detector's duplicates: a second incident for a fault, a second plan for an incident, a second alert for a run
+DETECTOR_TWICE = ("faults_with_a_second_incident", "incidents_planned_twice", "agent_runs_alerted_twice")
 OPEN = detector_pb2.INCIDENT_STATUS_OPEN
 
 
@@ -308,6 +310,7 @@ def ledger(chaos: Chaos, kafka: KafkaSettings, state_dir: Path, group: str) -> d
     plans = [p for p in events(topics.MITIGATIONS).values() if isinstance(p, detector_pb2.MitigationPlan)]
     plans_per_incident = Counter(p.incident_id for p in plans if p.incident_id)
     alerts = events(topics.ALERTS)
+    alerts_per_run = Counter(a.run_id for a in alerts.values() if isinstance(a, detector_pb2.Alert))
 
     # rca: a report per opened incident
     reports = {r.id: r for r in events(topics.RCA_REPORTS).values() if isinstance(r, rca_pb2.RcaReport)}
@@ -330,6 +333,7 @@ def ledger(chaos: Chaos, kafka: KafkaSettings, state_dir: Path, group: str) -> d
         "windows_published_twice": windows_twice,
         "faults_with_a_second_incident": sum(max(len(found) - 1, 0) for found in per_fault.values()),
         "incidents_planned_twice": sum(n - 1 for n in plans_per_incident.values()),
+        "agent_runs_alerted_twice": sum(n - 1 for n in alerts_per_run.values()),
         "incidents_reported_twice": sum(n - 1 for n in reports_per_incident.values()),
         "reports_applied_twice": sum(n - 1 for n in updates_per_report.values()),
         "failures_stored_twice": sum(n - 1 for n in failures.values()),
@@ -366,7 +370,7 @@ def ledger(chaos: Chaos, kafka: KafkaSettings, state_dir: Path, group: str) -> d
             "detector",
             f"{records[topics.STATES]} states, {records[topics.OTLP_SPANS]} span recs",
             f"{len(opened)} incidents ({len(resolved)} resolved), {len(alerts)} alert(s), {len(plans)} plans",
-            twice["faults_with_a_second_incident"] + twice["incidents_planned_twice"],
+            sum(twice[k] for k in DETECTOR_TWICE),
             lost["faults_without_incident"],
             f"incidents per fault {[len(f) for f in per_fault.values()]}, {len(outside)} outside the faults",
         ))  # fmt: skip

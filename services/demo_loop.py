@@ -337,7 +337,8 @@ def follow_agent_run(
     try:
         for i, request in enumerate(run_to_otlp_steps(run)):
             step = run.steps[i]
-            publisher.send(topics.OTLP_SPANS, request.SerializeToString(),
+            # keyed by trace (the Collector's partition_traces_by_id): the run's steps stay in order
+            publisher.send(topics.OTLP_SPANS, request.SerializeToString(), key=run.trace_id,
                            timestamp_ms=(step.start_ns + step.duration_ns) // 1_000_000, wait=True)  # fmt: skip
             if alert is not None:
                 continue  # the run goes on; the detector already spoke

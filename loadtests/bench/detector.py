@@ -82,11 +82,11 @@ def _through_kafka(tmp: Path, seed: int) -> dict:
         runtime, app = build(settings)
         runtime.start()
         sims = generate_runs("code", RUNS // 2, seed) + generate_runs("rca", RUNS // 2, seed)
-        requests = [r for sim in sims for r in run_to_otlp_steps(sim)]
+        requests = [(sim.trace_id, r) for sim in sims for r in run_to_otlp_steps(sim)]
         publisher = Publisher(kafka, source="bench/detector")
         started = time.perf_counter()
-        for request in requests:
-            publisher.send(names["spans"], request.SerializeToString())
+        for trace_id, request in requests:  # keyed by trace: a run's steps in one partition, in order
+            publisher.send(names["spans"], request.SerializeToString(), key=trace_id)
         publisher.flush()
         while app.steps_handled < len(requests):
             time.sleep(0.01)

@@ -37,7 +37,7 @@ def publish_agent_runs(runs: list[AgentRun], settings: KafkaSettings, speed: flo
     """Each step's span arrives when the step ends (scaled by ``speed``), as a live agent framework's would."""
     steps = sorted(
         (
-            (step.start_ns + step.duration_ns, request)
+            (step.start_ns + step.duration_ns, run.trace_id, request)
             for run in runs
             for step, request in zip(run.steps, run_to_otlp_steps(run), strict=True)
         ),
@@ -48,13 +48,15 @@ def publish_agent_runs(runs: list[AgentRun], settings: KafkaSettings, speed: flo
     began = time.monotonic()
     first_ns = steps[0][0] if steps else 0
     try:
-        for end_ns, request in steps:
+        for end_ns, trace_id, request in steps:
             if speed > 0:
                 delay = began + (end_ns - first_ns) / 1e9 / speed - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
             value = request.SerializeToString()
-            publisher.send(topics.OTLP_SPANS, value, timestamp_ms=end_ns // 1_000_000)
+            # keyed by trace, as the Collector's Kafka exporter with partition_traces_by_id: a run's steps stay in
+            # one partition, in order
+            publisher.send(topics.OTLP_SPANS, value, key=trace_id, timestamp_ms=end_ns // 1_000_000)
             report.records[topics.OTLP_SPANS] += 1
             report.bytes += len(value)
             report.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)

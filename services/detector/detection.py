@@ -144,6 +144,7 @@ class _RunState:
     steps: list[Step] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
     alerted_at: int = -1  # the index of the step the run alerted on
+    ended: bool = False
 
     @property
     def alerted(self) -> bool:
@@ -235,7 +236,8 @@ class Detector:
         stored = self.store.load(run_id) if self.store is not None else None
         run = _RunState(system, trace_id, self.encoder.start())
         if stored:
-            run.steps, run.alerted_at = stored
+            run.steps, run.alerted_at, run.ended = stored
+        if run.steps:
             run.embeddings = list(self.embed(run.steps))
             run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, np.stack(run.embeddings))
             run.last_prefix = prefixes[-1]
@@ -255,6 +257,9 @@ class Detector:
             earlier = earlier[:position]
         features = step_features(self.backbone, [step], earlier)
         vector = self.encoder.embed_steps(features)[0]
+        if run.ended:  # a step arriving after its run's end: scored for the verdict, the run not started over
+            score = score_vector(self.kb, STEP, step.system, vector, step.agent)
+            return StepVerdict(step.run_id, step.index, score, None, (time.perf_counter() - started) * 1e3)
         if position < 0:
             with self._lock:
                 run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, vector[None])
@@ -314,20 +319,21 @@ class Detector:
         )
 
     def end_run(self, run_id: str, system: str = "", trace_id: str = "") -> AlertInfo | None:
-        """The trace-level check, once per run; forgets the run's state."""
+        """The trace-level check, once per run; the run's steps are let go, the run kept as ended."""
         run = self._run(run_id, system, trace_id)
         with self._lock:
-            self._runs.pop(run_id, None)
+            was_ended, run.ended = run.ended, True
+            steps, run.steps, run.embeddings = run.steps, [], []
         if self.store is not None:
-            self.store.forget(run_id)
-        if run.last_prefix is None or run.alerted:
+            self.store.end(run_id)
+        if was_ended or run.last_prefix is None or run.alerted:
             return None
         score = score_vector(self.kb, TRACE, run.system, run.last_prefix, None)
         limit = self.thresholds_for(run.system).trace
         if score.knowledge <= limit:
             return None
         failure_type, _share = diagnose(score.matched)
-        last = run.steps[-1]
+        last = steps[-1]
         # the whole trace matched: no single agent is pinpointed
         return AlertInfo(
             alert_id(run_id, TRACE, last.index),

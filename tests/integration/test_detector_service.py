@@ -77,7 +77,7 @@ def test_alert_arrives_before_the_run_ends(service, kafka: KafkaSettings) -> Non
     found: list[detector_pb2.Alert] = []
     requests = run_to_otlp_steps(sim)
     for i, request in enumerate(requests[:-1]):
-        producer.send(names["spans"], request.SerializeToString()).get(timeout=30)
+        producer.send(names["spans"], request.SerializeToString(), key=sim.trace_id).get(timeout=30)
         wait_until(lambda i=i: len(app.detector.run_steps(sim.run_id)) == i + 1, what=f"step {i} handled")
         found += [a for a in _events(alerts, detector_pb2.Alert) if a.run_id == sim.run_id]
         if found:
@@ -94,7 +94,7 @@ def test_alert_arrives_before_the_run_ends(service, kafka: KafkaSettings) -> Non
         ),
         what="the alert's mitigation plan",
     )
-    producer.send(names["spans"], requests[-1].SerializeToString()).get(timeout=30)
+    producer.send(names["spans"], requests[-1].SerializeToString(), key=sim.trace_id).get(timeout=30)
     producer.close()
 
 

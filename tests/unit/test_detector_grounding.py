@@ -189,4 +189,22 @@ def test_a_restarted_detector_goes_on_with_an_open_run_and_alerts_once(tmp_path:
     assert third.run_steps("run") == [first, again]
     assert third.observe(later).alert is None  # one step alert per run
     third.end_run("run")
-    assert RunStore(tmp_path / "runs.sqlite", keep=10).load("run") is None
+    assert RunStore(tmp_path / "runs.sqlite", keep=10).load("run") == ([], 1, True)  # steps let go, end kept
+
+
+def test_a_step_arriving_after_its_runs_end_does_not_start_the_run_over(tmp_path: Path) -> None:
+    normal = np.zeros(grounding_block(np.zeros(FEATURE_DIM)).shape[0], np.float32)
+    high = np.ones_like(normal)
+    high[5] = 0.0
+    limits = {"code": Thresholds(DISABLED, DISABLED, DISABLED, 0.5, {"coder": Envelope(normal, high)})}
+    code = "```python\ndef f() -> int:\n    return 1\n```"
+    first = _step("coder", "plan", f"Here.\n{code}", 0)
+    late = _step("coder", "Please add a docstring.", f"Done, added.\n{code}", 1)
+    store = RunStore(tmp_path / "runs.sqlite", keep=10)
+    detector = Detector(BackboneEncoder(), Backbone(None, threads=1), KnowledgeBase(":memory:"), limits, store)
+    detector.observe(first)
+    assert detector.end_run("run") is None
+    # from another partition, after the root span: no alert, and no run of one step left behind
+    verdict = detector.observe(late)
+    assert verdict.alert is None and detector.run_steps("run") == []
+    assert store.load("run") == ([], -1, True)
