@@ -57,6 +57,10 @@ def check_bus(settings: ServiceSettings) -> None:
     deadline = time.monotonic() + 30
     while not consumer._consumer.assignment() and time.monotonic() < deadline:
         consumer.poll_once(stop)
+    # "latest" is looked up lazily; looked up after the heartbeat is sent, it would skip it (a fresh broker is
+    # slow enough for that to happen)
+    for partition in consumer._consumer.assignment():
+        consumer._consumer.position(partition)
     beat = platform_pb2.Heartbeat(service=platform_pb2.ServiceInfo(name="demo"))
     beat.time.GetCurrentTime()
     sent_at = time.perf_counter()
