@@ -43,7 +43,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from deploy.kafka.broker import KafkaBroker
 from loadtests.simulator.scenario import Scenario, ScenarioSpec
-from services.common import otlp, topics
+from services.common import topics
 from services.common.admin import ensure_topics
 from services.common.pb.faultline.v1 import detector_pb2, embedding_pb2, kg_pb2, rca_pb2
 from services.common.settings import KafkaSettings
@@ -238,15 +238,9 @@ def reference_windows(records: list) -> dict[tuple[str, int], tuple[int, int, in
     slicer = Slicer(WindowConfig())  # the embedding checkpoint's 30 s windows, 15 s stride, 15 s lateness
     for topic, modality in TELEMETRY.items():
         slicer.expect(modality, [str(p) for p in {r.partition for r in records if r.topic == topic}])
-    add = {
-        topics.OTLP_SPANS: (slicer.add_spans, otlp.decode_spans),
-        topics.OTLP_METRICS: (slicer.add_metrics, otlp.decode_metrics),
-        topics.OTLP_LOGS: (slicer.add_logs, otlp.decode_logs),
-    }
     out = {}
     for record in sorted(records, key=lambda r: (r.timestamp, r.topic, r.partition, r.offset)):
-        adder, decode = add[record.topic]
-        adder(decode(record.value), str(record.partition))  # type: ignore[operator]
+        slicer.add_record(record.topic, record.value, str(record.partition))
         for w in slicer.ready():
             out[(w.system, round(w.start_s))] = (w.spans, w.metric_points, w.log_records)
     return out

@@ -167,20 +167,13 @@ def replay(model: RuntimeSlicerModel, scenario: Scenario) -> list[embedding_pb2.
     (decode → slicer → ``emit`` of whatever the watermark closed); the StateEmbeddings it would publish.
     Windows still open when the scenario ends stay unpublished, as in a service that keeps running."""
     from loadtests.simulator.dataset import otlp_records
-    from services.common import otlp, topics
     from services.embedding.service import EmbeddingEngine
 
     engine = EmbeddingEngine(model, keep=1)  # the states are collected here, not kept for GetStates
-    feed = {
-        topics.OTLP_SPANS: (otlp.decode_spans, engine.slicer.add_spans),
-        topics.OTLP_METRICS: (otlp.decode_metrics, engine.slicer.add_metrics),
-        topics.OTLP_LOGS: (otlp.decode_logs, engine.slicer.add_logs),
-    }
     states: list[embedding_pb2.StateEmbedding] = []
     for chunk in scenario.chunks(CHUNK_S):
         for topic, value, _ in otlp_records(scenario, chunk):
-            decode, add = feed[topic]
-            add(decode(value))
+            engine.slicer.add_record(topic, value)
             states += engine.emit(engine.slicer.ready())
     return states
 

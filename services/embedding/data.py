@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common import otlp, topics
 from services.embedding.baseline import Baseline
 from services.embedding.ingest import Slicer
 from services.embedding.slices import Slice, make_slice
@@ -81,20 +80,10 @@ def play(case: CaseSpec, config: WindowConfig) -> list[LabelledSlice]:
     truth = scenario.ground_truth()
     epoch = scenario.spec.epoch_s
     slicer, baseline = Slicer(config), Baseline()
-    decoders = {
-        topics.OTLP_SPANS: otlp.decode_spans,
-        topics.OTLP_METRICS: otlp.decode_metrics,
-        topics.OTLP_LOGS: otlp.decode_logs,
-    }
-    adders = {
-        topics.OTLP_SPANS: slicer.add_spans,
-        topics.OTLP_METRICS: slicer.add_metrics,
-        topics.OTLP_LOGS: slicer.add_logs,
-    }
     windows = []
     for chunk in scenario.chunks(10.0):
         for topic, value, _ in otlp_records(scenario, chunk):
-            adders[topic](decoders[topic](value))
+            slicer.add_record(topic, value)
         windows += slicer.ready()
     windows += slicer.ready(flush=True)
     out = []

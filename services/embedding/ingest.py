@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from services.common import otlp, topics
 from services.common.otlp import attributes
 from services.embedding.windows import (
     COUNTER_METRICS,
@@ -107,6 +108,16 @@ class Slicer:
     @property
     def late(self) -> int:
         return sum(s.late for s in self.systems.values())
+
+    def add_record(self, topic: str, value: bytes, source: str = "") -> int:
+        """One record of an ``otlp_*`` topic (the bytes the Collector's Kafka exporter writes), decoded and added."""
+        if topic == topics.OTLP_SPANS:
+            return self.add_spans(otlp.decode_spans(value), source)
+        if topic == topics.OTLP_METRICS:
+            return self.add_metrics(otlp.decode_metrics(value), source)
+        if topic == topics.OTLP_LOGS:
+            return self.add_logs(otlp.decode_logs(value), source)
+        raise ValueError(f"{topic} is not a telemetry topic")
 
     def add_spans(self, request: ExportTraceServiceRequest, source: str = "") -> int:
         count = 0

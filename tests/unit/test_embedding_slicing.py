@@ -223,3 +223,24 @@ def test_stream_state_taken_up_after_a_crash_goes_on_as_if_never_stopped(tmp_pat
     assert [(w.start_s, w.spans) for w in running.slicer.ready()] == [(100.0, 3)]
     other = EmbeddingEngine(None, WindowConfig(window_s=30, stride_s=15))  # type: ignore[arg-type]
     assert StreamState(other, tmp_path / "state.pickle").offsets() == {}  # saved with other windows: not taken up
+
+
+def test_a_telemetry_record_is_decoded_by_its_topic_and_added() -> None:
+    from services.common import topics
+
+    by_record, by_message = Slicer(), Slicer()
+    records = [
+        (topics.OTLP_SPANS, spans("cart", [1.0, 2.0])),
+        (topics.OTLP_METRICS, metric("cart", "cpu", 1.0, 0.5)),
+        (topics.OTLP_LOGS, logs("cart", 1.5, ["ERROR boom"])),
+    ]
+    for topic, message in records:
+        by_record.add_record(topic, message.SerializeToString(), "0")
+    by_message.add_spans(records[0][1], "0")
+    by_message.add_metrics(records[1][1], "0")
+    by_message.add_logs(records[2][1], "0")
+    assert by_record.spans == by_message.spans == 2
+    closed = [(w.spans, w.metric_points, w.log_records) for w in by_record.ready(flush=True)]
+    assert closed == [(w.spans, w.metric_points, w.log_records) for w in by_message.ready(flush=True)] and closed
+    with pytest.raises(ValueError, match="not a telemetry topic"):
+        by_record.add_record(topics.STATES, b"")
