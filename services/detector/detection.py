@@ -63,6 +63,10 @@ class Thresholds:
         envelope = self.envelopes.get(agent)
         return envelope.outside(grounding_block(features)) if envelope else 0.0
 
+    def ungrounded_steps(self, steps: list[Step], features: np.ndarray) -> list[float]:
+        """``ungrounded`` of each of a run's steps from their features (one row per step)."""
+        return [self.ungrounded(step.agent, row) for step, row in zip(steps, features, strict=True)]
+
     def as_dict(self) -> dict:
         return {
             "knowledge": self.knowledge,
@@ -142,7 +146,6 @@ class _RunState:
     prefix_state: object = None
     last_prefix: np.ndarray | None = None
     steps: list[Step] = field(default_factory=list)
-    embeddings: list[np.ndarray] = field(default_factory=list)
     alerted_at: int = -1  # the index of the step the run alerted on
     ended: bool = False
 
@@ -238,8 +241,7 @@ class Detector:
         if stored:
             run.steps, run.alerted_at, run.ended = stored
         if run.steps:
-            run.embeddings = list(self.embed(run.steps))
-            run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, np.stack(run.embeddings))
+            run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, self.embed(run.steps))
             run.last_prefix = prefixes[-1]
         with self._lock:
             if len(self._runs) >= MAX_RUNS and run_id not in self._runs:
@@ -265,7 +267,6 @@ class Detector:
                 run.prefix_state, prefixes = self.encoder.advance(run.prefix_state, vector[None])
                 run.last_prefix = prefixes[-1]
                 run.steps.append(step)
-                run.embeddings.append(vector)
             if self.store is not None:
                 self.store.add(step)
         score = score_vector(self.kb, STEP, step.system, vector, step.agent)
@@ -323,7 +324,7 @@ class Detector:
         run = self._run(run_id, system, trace_id)
         with self._lock:
             was_ended, run.ended = run.ended, True
-            steps, run.steps, run.embeddings = run.steps, [], []
+            steps, run.steps = run.steps, []
         if self.store is not None:
             self.store.end(run_id)
         if was_ended or run.last_prefix is None or run.alerted:

@@ -88,7 +88,7 @@ def evaluate_set(
         steps, prefixes = embed_run(encoder, labelled.features)
         agents = [s.agent for s in labelled.run.steps]
         limits = thresholds[system]
-        ungrounded = [limits.ungrounded(a, f) for a, f in zip(agents, labelled.features, strict=True)]
+        ungrounded = limits.ungrounded_steps(labelled.run.steps, labelled.features)
         scores = score_run(kb, system, agents, steps, prefixes[-1], None, ungrounded)
         alert = first_alert(scores, limits)
         failed = labelled.failure_step >= 0

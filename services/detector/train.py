@@ -265,8 +265,7 @@ def held_out_ungrounded(runs: list[LabelledRun], folds: int = 3) -> dict[str, li
     for fold in sorted(set(fold_of.values())):
         limits = Thresholds(envelopes=fit_envelopes([r for r in runs if fold_of[id(r)] != fold]))
         for labelled in (r for r in runs if fold_of[id(r)] == fold):
-            agents = [s.agent for s in labelled.run.steps]
-            out[labelled.run.run_id] = [limits.ungrounded(a, f) for a, f in zip(agents, labelled.features, strict=True)]
+            out[labelled.run.run_id] = limits.ungrounded_steps(labelled.run.steps, labelled.features)
     return out
 
 
